@@ -1,0 +1,302 @@
+"""LLaDA-V (``GSAI-ML/LLaDA-V``): the network with the checkpoint's parameter names, and its runtime.
+
+Where it sits: ``load_llada_v`` → :class:`LladaV`, which the sampler drives through the
+:class:`~redvtp_eval.models.base.DiffusionVLM` methods.
+
+The network is LLaVA-OneVision-shaped. Language model: LLaDA-8B in Llama form, built from transformers'
+``LlamaDecoderLayer`` with the causal flag off (bidirectional attention, no mask). Vision: a SigLIP
+so400m-patch14-384 tower stored already truncated to 26 layers; features are taken before
+``post_layernorm``. Then the ``mlp2x_gelu`` projector, AnyRes tiling (``anyres_max_4``) and
+``image_newline`` at every row end. The real checkpoint's ``config.json`` has no vision config (the
+official tower hard-codes it); the tiny checkpoints that ``make_tiny`` writes carry a ``vision_config``
+entry instead, and both go through the same code below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from transformers import (
+    LlamaConfig,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.initialization import no_init_weights
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from redvtp_eval.models import anyres
+from redvtp_eval.models.attention import PROBED, AttentionProbe
+from redvtp_eval.models.base import Prompt
+from redvtp_eval.models.checkpoint import CheckpointError, load_weights, read_config, resolve_checkpoint
+from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER, render_chat, splice_image_tokens, user_message
+from redvtp_eval.timing import Timer
+
+HUB_ID = "GSAI-ML/LLaDA-V"
+
+SIGLIP_SO400M_26_LAYERS = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+}
+"""The official tower's hard-coded SigLIP config, with the last of its 27 layers already removed."""
+
+TEXT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "hidden_act",
+)
+
+MASK_TOKEN = "<|mdm_mask|>"
+SUPPRESSED_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
+"""Tokens whose logits the official sampler sets to −inf at masked positions (ids 126081, 126080, 126346, 126347)."""
+
+
+@dataclass
+class LladaVConfig:
+    text: LlamaConfig
+    vision: SiglipVisionConfig
+    mm_hidden_size: int
+    image_aspect_ratio: str
+    image_grid_pinpoints: list[tuple[int, int]]
+    mm_patch_merge_type: str
+    max_prompt_tokens: int | None
+
+    @classmethod
+    def from_dict(cls, raw: dict, attn_implementation: str) -> LladaVConfig:
+        if raw.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+            raise CheckpointError(f"mm_projector_type {raw['mm_projector_type']!r} is not LLaDA-V's mlp2x_gelu")
+        text = LlamaConfig(
+            **{key: raw[key] for key in TEXT_FIELDS if key in raw},
+            attention_bias=False,
+            mlp_bias=False,
+            tie_word_embeddings=False,
+        )
+        text._attn_implementation = PROBED.format(attn_implementation)
+        vision = SiglipVisionConfig(**raw.get("vision_config", SIGLIP_SO400M_26_LAYERS), vision_use_head=False)
+        vision._attn_implementation = attn_implementation
+        return cls(
+            text=text,
+            vision=vision,
+            mm_hidden_size=raw.get("mm_hidden_size", vision.hidden_size),
+            image_aspect_ratio=raw.get("image_aspect_ratio", "anyres_max_4"),
+            image_grid_pinpoints=anyres.parse_pinpoints(raw["image_grid_pinpoints"], vision.image_size),
+            mm_patch_merge_type=raw.get("mm_patch_merge_type", "spatial_unpad"),
+            max_prompt_tokens=raw.get("tokenizer_model_max_length"),
+        )
+
+
+class SiglipTower(nn.Module):
+    """Holds the SigLIP model under ``vision_tower.vision_model`` as the official wrapper does."""
+
+    def __init__(self, config: SiglipVisionConfig) -> None:
+        super().__init__()
+        self.vision_tower = nn.ModuleDict({"vision_model": SiglipVisionModel(config)})
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """(crops, 3, S, S) → (crops, patches, C): the last kept layer's output, before ``post_layernorm``."""
+        siglip = self.vision_tower["vision_model"]
+        return siglip.encoder(inputs_embeds=siglip.embeddings(pixel_values)).last_hidden_state
+
+
+class LladaVBackbone(nn.Module):
+    def __init__(self, config: LladaVConfig) -> None:
+        super().__init__()
+        text = config.text
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(text, index) for index in range(text.num_hidden_layers))
+        for layer in self.layers:
+            layer.self_attn.is_causal = False
+        self.norm = LlamaRMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(text)
+        self.vision_tower = SiglipTower(config.vision)
+        self.mm_projector = nn.Sequential(
+            nn.Linear(config.mm_hidden_size, text.hidden_size), nn.GELU(), nn.Linear(text.hidden_size, text.hidden_size)
+        )
+        self.image_newline = nn.Parameter(torch.empty(text.hidden_size))
+
+
+class LladaVNetwork(nn.Module):
+    """Parameter names equal the checkpoint's: ``model.layers.{i}.self_attn.*``, ``model.mm_projector.*``, ``lm_head``…"""
+
+    def __init__(self, config: LladaVConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LladaVBackbone(config)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+
+    def encode_crops(self, pixel_values: Tensor) -> Tensor:
+        return self.model.mm_projector(self.model.vision_tower(pixel_values))
+
+    def hidden_states(self, embeds: Tensor, position_ids: Tensor, probe: AttentionProbe | None) -> Tensor:
+        """Bidirectional pass over (1, L, d) embeddings at explicit positions (1, L)."""
+        rope = self.model.rotary_emb(embeds, position_ids)
+        hidden = embeds
+        for layer in self.model.layers:
+            hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rope, probe=probe)
+        return self.model.norm(hidden)
+
+    def truncate_vocab(self, size: int) -> None:
+        """Keep the first ``size`` rows of the embedding and LM head, as the official loader's resize does."""
+        if size > self.config.text.vocab_size:
+            raise CheckpointError(f"tokenizer has {size} tokens but the model only {self.config.text.vocab_size}")
+        self.model.embed_tokens.weight = nn.Parameter(self.model.embed_tokens.weight[:size].clone())
+        self.lm_head.weight = nn.Parameter(self.lm_head.weight[:size].clone())
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model's context; the sample cannot be run as is."""
+
+
+class LladaV:
+    """LLaDA-V at inference: tokenizer, image processing, prompt construction and the network."""
+
+    def __init__(self, network: LladaVNetwork, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.network = network
+        self.tokenizer = tokenizer
+        self.config = network.config
+        self.device = network.lm_head.weight.device
+        self.dtype = network.lm_head.weight.dtype
+        self.mask_token_id = self._token_id(MASK_TOKEN)
+        self.suppressed_token_ids = tuple(self._token_id(token) for token in SUPPRESSED_TOKENS)
+        crop = self.config.vision.image_size
+        self.image_processor = SiglipImageProcessorPil(size={"height": crop, "width": crop})
+        self.max_crops = anyres.max_crops(self.config.image_aspect_ratio)
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise CheckpointError(f"the tokenizer has no {token} token: is this a LLaDA tokenizer?")
+        return token_id
+
+    def _pixels(self, crops: list[Image.Image]) -> Tensor:
+        pixels = self.image_processor(crops, return_tensors="pt")["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype)
+
+    def _visual_tokens(self, images: list[Image.Image], timer: Timer) -> list[Tensor]:
+        """One (N, d) block of visual tokens per image.
+
+        One image: AnyRes tiling. Several images: each padded to a square and encoded as one crop of 729
+        tokens without newline, which is what the official evaluation does for multi-image prompts.
+        """
+        images = [image.convert("RGB") for image in images]
+        crop = self.config.vision.image_size
+        with timer("preprocess"):
+            if len(images) == 1:
+                crops, grid = anyres.anyres_crops(images[0], self.config.image_grid_pinpoints, crop)
+            else:
+                background = tuple(int(mean * 255) for mean in self.image_processor.image_mean)
+                crops = [anyres.expand_to_square(image, background) for image in images]
+            pixels = self._pixels(crops)
+        with timer("vision"):
+            features = self.network.encode_crops(pixels)
+            if len(images) == 1:
+                newline = self.network.model.image_newline
+                return [anyres.pack_anyres_features(features, images[0].size, grid, newline, self.max_crops)]
+            return list(features)
+
+    @torch.no_grad()
+    def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt:
+        timer = Timer(self.device)
+        prompt = render_chat(self.tokenizer, user_message(question, len(images), think_mode))
+        ids = splice_image_tokens(prompt, self.tokenizer)
+        if ids.count(IMAGE_PLACEHOLDER) != len(images):
+            raise ValueError(f"the question holds {ids.count(IMAGE_PLACEHOLDER) - len(images)} extra <image> tags")
+        visual = self._visual_tokens(images, timer) if images else []
+        pieces, spans, position = [], [], 0
+        for index, chunk in enumerate(_split(ids, IMAGE_PLACEHOLDER)):
+            if index:
+                block = visual[index - 1]
+                pieces.append(block)
+                spans.append((position, position + len(block)))
+                position += len(block)
+            pieces.append(self.embed(torch.tensor(chunk, dtype=torch.long, device=self.device)))
+            position += len(chunk)
+        embeds = torch.cat(pieces)
+        limit = self.config.max_prompt_tokens
+        if limit is not None and len(embeds) > limit:
+            raise PromptTooLongError(f"prompt has {len(embeds)} tokens, the model's limit is {limit}")
+        return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds)
+
+    def embed(self, token_ids: Tensor) -> Tensor:
+        return self.network.model.embed_tokens(token_ids)
+
+    @torch.no_grad()
+    def logits(self, embeds: Tensor, position_ids: Tensor, at: Tensor, probe: AttentionProbe | None = None) -> Tensor:
+        hidden = self.network.hidden_states(embeds[None], position_ids[None], probe)
+        return self.network.lm_head(hidden[0, at]).float()
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text as the official evaluation reports it: special tokens skipped, one trailing '.' dropped, stripped."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return (text[:-1] if text.endswith(".") else text).strip()
+
+
+def _split(ids: list[int], separator: int) -> list[list[int]]:
+    chunks: list[list[int]] = [[]]
+    for token in ids:
+        if token == separator:
+            chunks.append([])
+        else:
+            chunks[-1].append(token)
+    return chunks
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_network(config: LladaVConfig, dtype: torch.dtype, device: torch.device) -> LladaVNetwork:
+    """An uninitialised network, allocated directly on ``device`` in ``dtype`` (weights come next)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device), no_init_weights():
+            return LladaVNetwork(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def load_llada_v(
+    path: str | Path = HUB_ID,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+) -> LladaV:
+    """Load the official checkpoint (hub id in the local cache, or a directory), or a tiny one of the same layout."""
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+    directory = resolve_checkpoint(path, HUB_ID)
+    config = LladaVConfig.from_dict(read_config(directory), attn_implementation)
+    torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
+    network = build_network(config, torch_dtype, torch_device)
+    load_weights(network, directory, torch_dtype, torch_device)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    network.truncate_vocab(len(tokenizer))
+    return LladaV(network, tokenizer)

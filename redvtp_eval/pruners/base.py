@@ -1,0 +1,85 @@
+"""The pruner interface: what the sampler hands a pruner after a denoising step, and what it gets back.
+
+Where it sits: the sampler calls a pruner once, after step ``prune_after_step`` has committed its
+tokens, with a :class:`PruneContext`; the pruner returns, per image, the indices of the visual tokens to
+keep, and the sampler deletes the others from the sequence for every later step. A pruner never sees
+the model, the tokenizer or the evaluation harness.
+
+Adding a pruner: one file with a :class:`Pruner` subclass, and one line in ``pruners/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from redvtp_eval.models.attention import AttentionProbe
+
+
+class VisualAttention:
+    """Attention that query positions pay to the visual tokens, averaged over heads and layers, from one forward.
+
+    Columns follow the visual spans in order (image 1's tokens, then image 2's…). Query positions must be
+    outside the visual spans: the sampler records every such row, so any query set can be asked for
+    after the step has committed its tokens.
+    """
+
+    def __init__(self, probe: AttentionProbe, sequence_length: int) -> None:
+        self._mean = probe.mean()
+        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=probe.rows.device)
+        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=probe.rows.device)
+
+    def __call__(self, queries: Tensor) -> Tensor:
+        rows = self._row_of[queries]
+        if (rows < 0).any():
+            raise ValueError("visual attention was recorded for non-visual query rows only")
+        return self._mean[rows]
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """The sequence as it stands after the step just run. Positions index the current sequence."""
+
+    step: int
+    visual_spans: list[tuple[int, int]]
+    masked: Tensor
+    """Response positions still masked after this step's commit (the paper's still-masked set)."""
+    decoded: Tensor
+    """Response positions committed by this step."""
+    response: Tensor
+    prompt_text: Tensor
+    """Prompt positions outside the visual spans (system prompt, question, chat markup)."""
+    attention: VisualAttention | None
+
+    def split_by_image(self, values: Tensor) -> list[Tensor]:
+        return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
+
+
+class Pruner:
+    """Keeps every visual token; subclasses choose. The base class is the unpruned baseline.
+
+    ``needs_attention`` asks the sampler to record :class:`VisualAttention` on the steps where the
+    pruner is called; ``record_scores`` asks for :meth:`scores` after every step (score-consistency
+    studies). ``keep_positions`` keeps the kept tokens' original RoPE positions instead of renumbering
+    the shortened sequence.
+    """
+
+    name = "none"
+    needs_attention = False
+
+    def __init__(self, prune_after_step: int = 1, keep_positions: bool = False, record_scores: bool = False) -> None:
+        if prune_after_step < 1:
+            raise ValueError(f"prune_after_step counts denoising steps from 1, got {prune_after_step}")
+        self.prune_after_step = prune_after_step
+        self.keep_positions = keep_positions
+        self.record_scores = record_scores
+
+    def scores(self, context: PruneContext) -> list[Tensor] | None:
+        """Per image, one importance score per visual token; None when the pruner does not score."""
+        return None
+
+    def select(self, context: PruneContext) -> list[Tensor] | None:
+        """Per image, the sorted indices (within the image's span) of the tokens to keep; None keeps all."""
+        return None

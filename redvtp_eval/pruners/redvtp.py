@@ -1,0 +1,61 @@
+"""RedVTP: keep the visual tokens that the still-masked response positions attend to.
+
+Where it sits: a :class:`~redvtp_eval.pruners.base.Pruner` that the sampler calls after step 1.
+
+From the attention of the first denoising step over the full sequence, averaged over heads and
+layers (Ā), each visual token j gets the score S_1[j] = mean over queries i ∈ Q of Ā[i, j], where Q is
+the set of response positions still masked after step 1's unmasking (paper and official code). The
+top ``max(1, int(N·r))`` tokens of each image's N are kept, in their original order; the rest are
+deleted from the sequence for every later step and block. With no query left (everything was decoded
+at step 1) nothing is pruned, as in the official code.
+
+The ``query_set`` option swaps Q for the paper's ablation variants.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from redvtp_eval.pruners.base import PruneContext, Pruner
+
+QUERY_SETS = ("masked", "prompt+masked", "prompt", "all_response", "decoded")
+
+
+class RedVTP(Pruner):
+    name = "redvtp"
+    needs_attention = True
+
+    def __init__(self, ratio: float = 0.5, query_set: str = "masked", **options) -> None:
+        super().__init__(**options)
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ratio is the fraction of visual tokens kept and must lie in (0, 1], got {ratio}")
+        if query_set not in QUERY_SETS:
+            raise ValueError(f"query_set {query_set!r} is not one of {', '.join(QUERY_SETS)}")
+        self.ratio = ratio
+        self.query_set = query_set
+
+    def queries(self, context: PruneContext) -> Tensor:
+        return {
+            "masked": context.masked,
+            "prompt+masked": torch.cat([context.prompt_text, context.masked]),
+            "prompt": context.prompt_text,
+            "all_response": context.response,
+            "decoded": context.decoded,
+        }[self.query_set]
+
+    def scores(self, context: PruneContext) -> list[Tensor] | None:
+        queries = self.queries(context)
+        if context.attention is None or len(queries) == 0 or not context.visual_spans:
+            return None
+        return context.split_by_image(context.attention(queries).mean(dim=0))
+
+    def select(self, context: PruneContext) -> list[Tensor] | None:
+        scores = self.scores(context)
+        if scores is None:
+            return None
+        kept = []
+        for image_scores in scores:
+            count = max(1, int(len(image_scores) * self.ratio))
+            kept.append(torch.topk(image_scores, count).indices.sort().values)
+        return kept

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from redvtp_eval.models.checkpoint import CheckpointError
+from redvtp_eval.models.llada_v import load_llada_v
+
+
+@pytest.fixture
+def broken_copy(tiny_dir, tmp_path):
+    """A copy of the tiny checkpoint whose weights a test can edit."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, copy)
+
+    def edit(change):
+        weights = load_file(copy / "model.safetensors")
+        change(weights)
+        save_file(weights, copy / "model.safetensors")
+        return copy
+
+    return edit
+
+
+def test_missing_key_is_named(broken_copy):
+    path = broken_copy(lambda w: w.pop("model.mm_projector.2.bias"))
+    with pytest.raises(CheckpointError, match=r"missing 1 keys: model\.mm_projector\.2\.bias"):
+        load_llada_v(path, dtype="float32")
+
+
+def test_unexpected_key_is_named(broken_copy):
+    def add_head(weights):
+        weights["model.vision_tower.vision_tower.vision_model.head.probe"] = weights["model.image_newline"].clone()
+
+    with pytest.raises(CheckpointError, match=r"unexpected 1 keys: .*vision_model\.head\.probe"):
+        load_llada_v(broken_copy(add_head), dtype="float32")
+
+
+def test_shape_mismatch_is_named(broken_copy):
+    def shrink(weights):
+        weights["model.image_newline"] = weights["model.image_newline"][:10]
+
+    with pytest.raises(CheckpointError, match=r"model\.image_newline .* shape \(10,\)"):
+        load_llada_v(broken_copy(shrink), dtype="float32")
+
+
+def test_missing_directory_says_how_to_fetch(tmp_path):
+    with pytest.raises(CheckpointError, match="huggingface-cli download GSAI-ML/LLaDA-V"):
+        load_llada_v(tmp_path / "nowhere", dtype="float32")
+
+
+def test_hub_id_not_in_cache_says_how_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="huggingface-cli download GSAI-ML/LLaDA-V"):
+        load_llada_v("GSAI-ML/LLaDA-V", dtype="float32")
+
+
+def test_weights_are_the_checkpoint_s_and_vocab_is_cut_to_the_tokenizer(tiny, tiny_dir):
+    weights = load_file(tiny_dir / "model.safetensors")
+    assert weights["lm_head.weight"].shape[0] == 320
+    assert tiny.network.lm_head.weight.shape[0] == len(tiny.tokenizer) == 264
+    assert (tiny.network.lm_head.weight == weights["lm_head.weight"][:264]).all()
+    layer = "model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"
+    assert (dict(tiny.network.named_parameters())[layer] == weights[layer]).all()
+
+
+def test_bad_dtype_and_attention_are_refused(tiny_dir):
+    with pytest.raises(ValueError, match="dtype 'float8'"):
+        load_llada_v(tiny_dir, dtype="float8")
+    with pytest.raises(ValueError, match="attn_implementation"):
+        load_llada_v(tiny_dir, attn_implementation="flash")
