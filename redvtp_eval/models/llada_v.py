@@ -52,6 +52,9 @@ SIGLIP_SO400M_26_LAYERS = {
 }
 """The official tower's hard-coded SigLIP config, with the last of its 27 layers already removed."""
 
+TRAINING_PINPOINTS = "(1x1),...,(6x6)"
+"""The grid that LLaDA-V's training scripts pass; used when a config.json does not list its pinpoints."""
+
 TEXT_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -98,7 +101,9 @@ class LladaVConfig:
             vision=vision,
             mm_hidden_size=raw.get("mm_hidden_size", vision.hidden_size),
             image_aspect_ratio=raw.get("image_aspect_ratio", "anyres_max_4"),
-            image_grid_pinpoints=anyres.parse_pinpoints(raw["image_grid_pinpoints"], vision.image_size),
+            image_grid_pinpoints=anyres.parse_pinpoints(
+                raw.get("image_grid_pinpoints", TRAINING_PINPOINTS), vision.image_size
+            ),
             mm_patch_merge_type=raw.get("mm_patch_merge_type", "spatial_unpad"),
             max_prompt_tokens=raw.get("tokenizer_model_max_length"),
         )
