@@ -2,10 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The default torch is the CPU build this workplace keeps on disk; on a GPU machine use e.g. TORCH=torch==2.13.0
-# from PyPI (a CUDA build) or any torch in the range pyproject.toml allows.
-TORCH ?= torch==2.13.0
-TINY := checkpoints/tiny-llada-v
+# torch and torchvision must match (lmms-eval imports torchvision); these two are a CUDA build that also runs on
+# the CPU. Any matching pair in the ranges of pyproject.toml works: make install TORCH="torch==2.9.1 torchvision==0.24.1"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install run test reproduce-tables clean
 
@@ -13,21 +12,18 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-$(TINY)/config.json: $(VENV)/.installed
-	$(PY) -m redvtp_eval.models.make_tiny $(TINY)
-
-run: install $(TINY)/config.json
-	$(PY) -m redvtp_eval.generate --model $(TINY) --ratio 0.5
+run: install
+	$(PY) -m redvtp_eval
 
 test: install
 	$(PY) -m pytest -q
 
 reproduce-tables:
-	@echo "make reproduce-tables arrives with the harness and tables issues; nothing to run yet." && exit 1
+	@echo "make reproduce-tables (the paper grid, tables and figures) is the next issue; nothing to run yet." && exit 1
 
 clean:
-	rm -rf $(VENV) $(TINY)
+	rm -rf $(VENV) checkpoints/tiny-llada-v tasks/data

@@ -86,6 +86,8 @@ class GenerationRecord:
     kept_visual: list[list[int]] | None = None
     """Per image, the original indices of the visual tokens kept (None: nothing was pruned)."""
     stop_position: int | None = None
+    answer_tokens: int = 0
+    """Tokens of the returned answer that are not special tokens (the stop string is not returned)."""
     scores: list[list[Tensor]] = field(default_factory=list)
     """With ``record_scores``: per step, per image, a score per original visual token (NaN once pruned)."""
 
@@ -271,4 +273,5 @@ def generate(
     record.seconds["first_step"] = record.step_seconds[0] if record.step_seconds else 0.0
     record.seconds["prune"] = timer.seconds.get("prune", 0.0)
     token_ids = tokens[:stop_at].tolist() if stop_at is not None else tokens.tolist()
+    record.answer_tokens = sum(token not in model.special_token_ids for token in token_ids)
     return Generation(text=model.decode(token_ids), token_ids=token_ids, record=record)

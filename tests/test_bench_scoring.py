@@ -9,4 +9,4 @@ def test_scoring_benchmark_reports_every_step_with_its_environment():
     assert set(report["steps"]) == {"plain", "probed", "official"}
     assert all(len(step["seconds"]) == 2 and step["median_s"] > 0 for step in report["steps"].values())
     assert report["probed_overhead"] == report["steps"]["probed"]["median_s"] / report["steps"]["plain"]["median_s"] - 1
-    assert {"device", "torch", "commit"} <= set(report["environment"])
+    assert {"device", "libraries", "commit"} <= set(report["environment"])

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 from pathlib import Path
 
 import torch
 
+from redvtp_eval.environment import environment
 from redvtp_eval.models.attention import AttentionProbe
 from redvtp_eval.models.llada_v import LladaVConfig, build_network, parse_dtype
 from redvtp_eval.models.make_tiny import TINY_CONFIG
@@ -44,25 +43,6 @@ SIZES = {
     "tiny": {},
 }
 SHAPE = {"system": 47, "visual": 3627, "question": 30, "gen_length": 32}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "commit": commit or None,
-    }
 
 
 def run(size: str, device: str, dtype: str, repeats: int) -> dict:

@@ -33,6 +33,7 @@ class Prompt:
 class DiffusionVLM(Protocol):
     mask_token_id: int
     suppressed_token_ids: tuple[int, ...]
+    special_token_ids: frozenset[int]
     device: torch.device
 
     def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt: ...

@@ -182,6 +182,9 @@ class LladaV:
         self.dtype = network.lm_head.weight.dtype
         self.mask_token_id = self._token_id(MASK_TOKEN)
         self.suppressed_token_ids = tuple(self._token_id(token) for token in SUPPRESSED_TOKENS)
+        self.special_token_ids = frozenset(
+            token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special
+        )
         crop = self.config.vision.image_size
         self.image_processor = SiglipImageProcessorPil(size={"height": crop, "width": crop})
         self.max_crops = anyres.max_crops(self.config.image_aspect_ratio)
