@@ -98,7 +98,8 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
         "seed": cfg.seed,
     }
     if cfg.pruner.name != "none":
-        args |= {"ratio": cfg.ratio, **{key: cfg.pruner[key] for key in ("query_set", "prune_after_step", "keep_positions")}}
+        args["ratio"] = cfg.ratio
+    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag")}
     return ",".join(f"{key}={value}" for key, value in args.items())
 
 

@@ -11,7 +11,7 @@ into ``model.prepare`` → ``generate`` and times it. lmms-eval finds it by name
 
 Per request, with ``paired_baseline`` (default), the adapter also runs the unpruned model on the same
 sample through the same code and timer, alternating which of the two goes first so that drift hits both
-alike. With ``log_path``, every finished sample is appended to that JSONL file at once (answers, timings,
+alike; each sample's random stream (sampling, random pruning) is seeded from (seed, task, doc_id). With ``log_path``, every finished sample is appended to that JSONL file at once (answers, timings,
 token counts, failures) and a re-run skips the samples already there. Generation settings come from the
 task's ``gen_kwargs`` under LLaDA-V's names (``gen_length``, ``steps`` or ``gen_steps``, ``block_length``,
 ``remasking``, ``temperature``, ``think_mode``, ``stopping_criteria``); absent, they default to the
@@ -20,6 +20,8 @@ official wrapper.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -67,10 +69,6 @@ class PrunedDiffusionVLM(lmms):
         self,
         pretrained: str = "GSAI-ML/LLaDA-V",
         pruner: str = "redvtp",
-        ratio: float = 0.5,
-        query_set: str = "masked",
-        prune_after_step: int = 1,
-        keep_positions: bool = False,
         dtype: str = "bfloat16",
         device: str | None = None,
         attn_implementation: str = "sdpa",
@@ -79,16 +77,15 @@ class PrunedDiffusionVLM(lmms):
         seed: int = 0,
         log_path: str | None = None,
         batch_size: int | str = 1,
-        **unused,
+        max_batch_size: int | None = None,
+        **pruner_options,
     ) -> None:
+        """Everything not named here is an option of the pruner (``ratio``, ``query_set``…)."""
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError(f"the diffusion sampler runs batch size 1, got batch_size={batch_size}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        options = {"prune_after_step": prune_after_step, "keep_positions": keep_positions}
-        if pruner != "none":
-            options |= {"ratio": float(ratio), "query_set": query_set}
-        self.pruner = make_pruner(pruner, **options)
+        self.pruner = make_pruner(pruner, **pruner_options)
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
         self.model = load_llada_v(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
         self.device = torch.device(device)
@@ -96,13 +93,13 @@ class PrunedDiffusionVLM(lmms):
         self.seed = int(seed)
         self.log = SamplesLog(log_path) if log_path else None
 
-    def _timed(self, context: str, images: list, settings: GenerationSettings, think_mode: str | None, pruner: Pruner) -> dict:
+    def _timed(self, context: str, images: list, settings: GenerationSettings, think_mode: str | None, pruner: Pruner, seed: int) -> dict:
         """One end-to-end generation (prompt + vision encoder + denoising), timed on a synchronised device."""
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         timer = Timer(self.device)
-        generator = torch.Generator(self.device).manual_seed(self.seed)
+        generator = torch.Generator(self.device).manual_seed(seed)
         with timer("latency"):
             prompt = self.model.prepare(context, images, think_mode)
             result = generate(self.model, prompt, settings, pruner, generator)
@@ -129,15 +126,16 @@ class PrunedDiffusionVLM(lmms):
         entry = {"task": task, "doc_id": doc_id, "prediction": "", "failed": None}
         try:
             settings, think_mode = generation_settings(gen_kwargs)
+            seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
             images = doc_to_visual(self.task_dict[task][split][doc_id])
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])
             if not warm:
                 for _ in range(self.warmup):
                     for _, pruner in runs:
-                        self._timed(context, images, settings, think_mode, pruner)
+                        self._timed(context, images, settings, think_mode, pruner, seed)
             measured = {}
             for name, pruner in runs if position % 2 == 0 else runs[::-1]:
-                measured[name] = self._timed(context, images, settings, think_mode, pruner)
+                measured[name] = self._timed(context, images, settings, think_mode, pruner, seed)
         except SAMPLE_ERRORS as error:
             entry["failed"] = f"{type(error).__name__}: {error}"
             return entry

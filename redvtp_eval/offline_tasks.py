@@ -1,95 +1,108 @@
-"""Small evaluation sets that the project draws itself, so that a run needs no download.
+"""The offline tasks: held-out splits of the toy task, written as the parquet files that ``tasks/`` reads.
 
     python -m redvtp_eval.offline_tasks        # writes tasks/data/*.parquet (the harness does it on first use)
 
-Where it sits: the lmms-eval task YAMLs in ``tasks/`` read these parquet files and score them with
-lmms-eval's own code: ``redvtp_toy_docvqa`` like DocVQA (ANLS), ``redvtp_toy_mcq`` like AI2D (letter
-extraction, exact match). Images are stored as PNG bytes and decoded by the task's ``doc_to_visual``,
-so an undecodable image reaches the model adapter, which records it as a failed sample.
-Same seed, same files.
+Where it sits: the lmms-eval task YAMLs in ``tasks/`` score these with lmms-eval's own code:
+``redvtp_toy_docvqa`` like DocVQA (ANLS), ``redvtp_toy_mcq`` like AI2D (option letter). Images are PNG
+bytes decoded by the task's ``doc_to_visual``, so an undecodable image reaches the model adapter, which
+records the sample as failed. ``answer_box`` keeps where the answer is drawn, for the analysis of which
+visual tokens a pruner keeps. ``task_prompt`` gives the exact text lmms-eval will send, for training.
 """
 
 from __future__ import annotations
 
-import io
-import random
+import functools
+import importlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageDraw
+import yaml
+from omegaconf import OmegaConf
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+from redvtp_eval.toy_task import GENERATOR_VERSION, HELD_OUT_SEED, ToySample, png, sample_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS_DIR = ROOT / "tasks"
 DATA_DIR = TASKS_DIR / "data"
-PAGE = (800, 600)
-COLORS = ("red", "green", "blue", "orange")
-ITEMS = ("paper", "ink", "staples", "folders", "tape", "pens", "labels", "clips")
-NAMES = ("ACME", "GLOBEX", "INITECH", "UMBRELLA", "HOOLI", "STARK", "WAYNE", "TYRELL")
+TASK_CONFIGS = ROOT / "configs" / "task"
+SPLIT_SIZE = 64
 
 
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def invoice(rng: random.Random, index: int) -> dict:
-    """An invoice page; the question asks for one field, the answer is printed once on the page."""
-    image = Image.new("RGB", PAGE, "white")
-    draw = ImageDraw.Draw(image)
-    customer = rng.choice(NAMES)
-    number = f"{rng.randint(1000, 9999)}"
-    lines = [(item, rng.randint(1, 90) + rng.randint(0, 99) / 100) for item in rng.sample(ITEMS, 4)]
-    total = f"{sum(price for _, price in lines):.2f}"
-    draw.text((40, 30), f"INVOICE {number}", fill="black")
-    draw.text((40, 60), f"CUSTOMER {customer}", fill="black")
-    for row, (item, price) in enumerate(lines):
-        draw.text((60, 140 + 36 * row), f"{item:<10} {price:>8.2f}", fill="black")
-    draw.rectangle((420, 440, 760, 540), outline="blue", width=4)
-    draw.text((440, 480), f"TOTAL {total}", fill="blue")
-    question, answer = rng.choice(
-        [("What is the total?", total), ("Who is the customer?", customer), ("What is the invoice number?", number)]
-    )
-    return {"questionId": f"doc-{index}", "question": question, "answers": [answer], "image": png(image)}
-
-
-def bar_chart(rng: random.Random, index: int) -> dict:
-    """Four coloured bars; the question asks which one is tallest, answered by letter."""
-    image = Image.new("RGB", PAGE, "white")
-    draw = ImageDraw.Draw(image)
-    heights = rng.sample(range(80, 480), len(COLORS))
-    for slot, (color, height) in enumerate(zip(COLORS, heights)):
-        left = 100 + slot * 160
-        draw.rectangle((left, 540 - height, left + 100, 540), fill=color)
-        draw.text((left + 20, 560), color, fill="black")
-    options = list(COLORS)
-    rng.shuffle(options)
-    tallest = COLORS[heights.index(max(heights))]
+def docvqa_doc(sample: ToySample, index: int) -> dict:
     return {
-        "id": f"mcq-{index}",
-        "question": "Which bar is the tallest?",
-        "options": options,
-        "answer": str(options.index(tallest)),
-        "image": png(image),
+        "questionId": f"toy-{index}",
+        "question": sample.question,
+        "answers": [sample.answer],
+        "image": png(sample.image),
+        "answer_box": list(sample.answer_box),
     }
 
 
-TASKS = {"redvtp_toy_docvqa": invoice, "redvtp_toy_mcq": bar_chart}
+def mcq_doc(sample: ToySample, index: int) -> dict:
+    return {
+        "id": f"toy-{index}",
+        "question": sample.choice_question,
+        "options": sample.options,
+        "answer": str(sample.correct_option),
+        "image": png(sample.image),
+        "answer_box": list(sample.answer_box),
+    }
 
 
-def write_offline_tasks(data_dir: Path = DATA_DIR, size: int = 8, seed: int = 0) -> list[Path]:
+TASKS = {"redvtp_toy_docvqa": docvqa_doc, "redvtp_toy_mcq": mcq_doc}
+
+
+def held_out(name: str, index: int) -> ToySample:
+    return sample_at(HELD_OUT_SEED + list(TASKS).index(name), index)
+
+
+def _manifest(size: int) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "split_size": size, "tasks": list(TASKS)}
+
+
+def write_offline_tasks(data_dir: Path = DATA_DIR, size: int = SPLIT_SIZE) -> list[Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for offset, (name, make) in enumerate(TASKS.items()):
-        rng = random.Random(seed * 1000 + offset)
+    for name, make_doc in TASKS.items():
         path = data_dir / f"{name}.parquet"
-        pd.DataFrame([make(rng, index) for index in range(size)]).to_parquet(path, index=False)
+        pd.DataFrame([make_doc(held_out(name, index), index) for index in range(size)]).to_parquet(path, index=False)
         paths.append(path)
+    (data_dir / "manifest.json").write_text(json.dumps(_manifest(size)) + "\n")
     return paths
 
 
 def ensure_offline_tasks() -> None:
-    if not all((DATA_DIR / f"{name}.parquet").exists() for name in TASKS):
+    """Write the splits unless the files on disk come from this generator version and split size."""
+    manifest = DATA_DIR / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()) != _manifest(SPLIT_SIZE):
         write_offline_tasks()
+
+
+class _TaskYamlLoader(yaml.SafeLoader):
+    """Reads lmms-eval task YAMLs, keeping ``!function`` references as dotted names."""
+
+
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+@functools.cache
+def _doc_to_text(name: str) -> tuple[Callable, dict]:
+    config = yaml.load((TASKS_DIR / f"{name}.yaml").read_text(), Loader=_TaskYamlLoader)
+    module, function = config["doc_to_text"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), function), config["lmms_eval_specific_kwargs"]["default"]
+
+
+def task_prompt(name: str, doc: dict) -> str:
+    """The question text lmms-eval builds for ``doc``: the task YAML's ``doc_to_text`` with its default kwargs."""
+    doc_to_text, kwargs = _doc_to_text(name)
+    return doc_to_text(doc, kwargs)
+
+
+def task_generation(name: str, family: str = "llada_v") -> dict:
+    """The generation settings that ``configs/task/<name>.yaml`` gives the task."""
+    return dict(OmegaConf.load(TASK_CONFIGS / f"{name}.yaml").generation[family])
 
 
 if __name__ == "__main__":

@@ -255,6 +255,7 @@ def generate(
                     response=sequence.response,
                     prompt_text=sequence.prompt_text(),
                     attention=VisualAttention(probe, len(embeds)) if probe is not None else None,
+                    generator=generator,
                 )
                 if pruner.record_scores:
                     scores = pruner.scores(context)

@@ -53,3 +53,24 @@ def test_several_images_are_each_one_padded_crop(tiny):
     assert [end - start for start, end in prompt.visual_spans] == [729, 729]
     (_, first_end), (second_start, _) = prompt.visual_spans
     assert second_start - first_end == 0  # " " after the first <image> is the dropped token
+
+
+@pytest.mark.parametrize("size", [(1700, 2200), (1024, 1024), (800, 600), (384, 384), (384, 192)])
+def test_token_boxes_follow_the_packed_order(tiny, size):
+    boxes = anyres.token_boxes(size, PINPOINTS, 384, 14, 4)
+    assert len(boxes) == tiny.prepare("q", [page(size)]).visual_tokens
+    tile_boxes = [box for box in boxes[729:] if box is not None]
+    newlines = boxes[729:].count(None)
+    assert len(tile_boxes) % newlines == 0
+    width, height = size
+    for left, top, right, bottom in boxes[:729] + tile_boxes:
+        assert -1e-6 <= left < right <= width + 1e-6 and -1e-6 <= top < bottom <= height + 1e-6
+
+
+def test_token_boxes_of_a_grid_aligned_page_are_its_patches():
+    pinpoints = [(192 * i, 192 * j) for i in range(1, 7) for j in range(1, 7)]
+    boxes = anyres.token_boxes((384, 192), pinpoints, 192, 16, 4)
+    assert len(boxes) == 144 + 12 * 25
+    assert boxes[144] == (0, 0, 16, 16)
+    assert boxes[144 + 25 + 3] == (48, 16, 64, 32)
+    assert boxes[0] == (0, 0, 32, 16)

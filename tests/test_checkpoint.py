@@ -60,9 +60,9 @@ def test_hub_id_not_in_cache_says_how_to_fetch(tmp_path, monkeypatch):
 
 def test_weights_are_the_checkpoint_s_and_vocab_is_cut_to_the_tokenizer(tiny, tiny_dir):
     weights = load_file(tiny_dir / "model.safetensors")
-    assert weights["lm_head.weight"].shape[0] == 320
-    assert tiny.network.lm_head.weight.shape[0] == len(tiny.tokenizer) == 264
-    assert (tiny.network.lm_head.weight == weights["lm_head.weight"][:264]).all()
+    assert weights["lm_head.weight"].shape[0] == 512
+    assert tiny.network.lm_head.weight.shape[0] == len(tiny.tokenizer) == 424
+    assert (tiny.network.lm_head.weight == weights["lm_head.weight"][:424]).all()
     layer = "model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"
     assert (dict(tiny.network.named_parameters())[layer] == weights[layer]).all()
 

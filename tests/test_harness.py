@@ -43,7 +43,7 @@ def test_default_job_writes_its_directory_then_is_skipped(tmp_path):
     samples = lines(job / "samples.jsonl")
     assert [s["doc_id"] for s in samples] == [0, 1]
     assert all(s["target"] and s["score"] is not None and s["baseline"]["score"] is not None for s in samples)
-    assert all(s["visual_tokens_before"] == 3627 and s["visual_tokens_after"] == 1813 for s in samples)
+    assert all(s["visual_tokens_before"] == 444 and s["visual_tokens_after"] == 222 for s in samples)
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["samples"] == 2 and metrics["failed"] == 0
     assert metrics["pruned"]["latency_s"]["raw"] == [s["latency_s"] for s in samples]
@@ -84,7 +84,7 @@ def test_a_sweep_over_two_ratios(tmp_path):
     for metrics_file in tmp_path.rglob("metrics.json"):
         metrics = json.loads(metrics_file.read_text())
         kept[metrics["ratio"]] = metrics["pruned"]["visual_tokens_after"]
-    assert kept == {1.0: 3627, 0.25: 906}
+    assert kept == {1.0: 444, 0.25: 111}
 
 
 @pytest.mark.parametrize(

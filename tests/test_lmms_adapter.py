@@ -59,7 +59,7 @@ def test_ratio_one_answers_like_the_unpruned_model(tiny_dir, tmp_path, task):
     assert predictions(kept) == predictions(plain)
     logged = SamplesLog(tmp_path / "kept.jsonl").read()
     assert [entry["doc_id"] for entry in logged] == [0, 1, 2]
-    assert all(entry["visual_tokens_after"] == entry["visual_tokens_before"] == 3627 for entry in logged)
+    assert all(entry["visual_tokens_after"] == entry["visual_tokens_before"] > 0 for entry in logged)
     assert kept["config"]["model_args"].startswith(f"pretrained={tiny_dir},dtype=float32")
     assert "ratio=1.0" in kept["config"]["model_args"]
 

@@ -47,19 +47,25 @@ def best_resolution(size: tuple[int, int], pinpoints: list[tuple[int, int]]) -> 
     return width, height
 
 
-def anyres_crops(
-    image: Image.Image, pinpoints: list[tuple[int, int]], crop_size: int
-) -> tuple[list[Image.Image], tuple[int, int]]:
-    """The base view followed by the tiles (row-major), and the tile grid as (columns, rows)."""
-    target_w, target_h = best_resolution(image.size, pinpoints)
-    width, height = image.size
+def fit(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where an image of ``size`` lands in the ``target`` canvas: (width, height, left, top), aspect kept."""
+    (width, height), (target_w, target_h) = size, target
     scale_w, scale_h = target_w / width, target_h / height
     if scale_w < scale_h:
         new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
     else:
         new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
+    return new_w, new_h, (target_w - new_w) // 2, (target_h - new_h) // 2
+
+
+def anyres_crops(
+    image: Image.Image, pinpoints: list[tuple[int, int]], crop_size: int
+) -> tuple[list[Image.Image], tuple[int, int]]:
+    """The base view followed by the tiles (row-major), and the tile grid as (columns, rows)."""
+    target_w, target_h = best_resolution(image.size, pinpoints)
+    new_w, new_h, left, top = fit(image.size, (target_w, target_h))
     canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
-    canvas.paste(image.resize((new_w, new_h)), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    canvas.paste(image.resize((new_w, new_h)), (left, top))
     tiles = [
         canvas.crop((left, top, left + crop_size, top + crop_size))
         for top in range(0, target_h, crop_size)
@@ -110,3 +116,44 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     square = Image.new(image.mode, (side, side), background)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
+
+
+Box = tuple[float, float, float, float]
+
+
+def token_boxes(
+    size: tuple[int, int], pinpoints: list[tuple[int, int]], crop_size: int, patch_size: int, max_crops: int | None
+) -> list[Box | None]:
+    """The image region (left, top, right, bottom, in pixels) each visual token of a one-image prompt covers.
+
+    Same order and count as :func:`pack_anyres_features`; ``None`` marks the ``image_newline`` tokens. The
+    official un-padding can keep a sliver of letterbox padding at the edges; boxes are clipped to the image.
+    Used to ask which of the kept tokens cover a given part of the image.
+    """
+    width, height = size
+    unit = crop_size // patch_size
+    boxes: list[Box | None] = [
+        (c * width / unit, r * height / unit, (c + 1) * width / unit, (r + 1) * height / unit)
+        for r in range(unit)
+        for c in range(unit)
+    ]
+    target_w, target_h = best_resolution(size, pinpoints)
+    new_w, new_h, left, top = fit(size, (target_w, target_h))
+    rows, cols = target_h // crop_size * unit, target_w // crop_size * unit
+    cell = crop_size / unit
+    index = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"))
+    kept = unpad(index, size)
+    (r0, c0), (r1, c1) = kept[:, 0, 0].tolist(), (kept[:, -1, -1] + 1).tolist()
+    h, w = r1 - r0, c1 - c0
+    if max_crops is not None and math.sqrt(h * w / (max_crops * unit**2)) > 1.1:
+        times = math.sqrt(h * w / (max_crops * unit**2))
+        h, w = int(h // times), int(w // times)
+    row_height, col_width = (r1 - r0) * cell / h, (c1 - c0) * cell / w
+    x_scale, y_scale = width / new_w, height / new_h
+    for r in range(h):
+        for c in range(w):
+            x0, y0 = c0 * cell + c * col_width - left, r0 * cell + r * row_height - top
+            box = (x0 * x_scale, y0 * y_scale, (x0 + col_width) * x_scale, (y0 + row_height) * y_scale)
+            boxes.append((max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)))
+        boxes.append(None)
+    return boxes

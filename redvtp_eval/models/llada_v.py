@@ -136,7 +136,7 @@ class LladaVBackbone(nn.Module):
         self.mm_projector = nn.Sequential(
             nn.Linear(config.mm_hidden_size, text.hidden_size), nn.GELU(), nn.Linear(text.hidden_size, text.hidden_size)
         )
-        self.image_newline = nn.Parameter(torch.empty(text.hidden_size))
+        self.image_newline = nn.Parameter(torch.randn(text.hidden_size) / text.hidden_size**0.5)
 
 
 class LladaVNetwork(nn.Module):
@@ -167,6 +167,15 @@ class LladaVNetwork(nn.Module):
         self.lm_head.weight = nn.Parameter(self.lm_head.weight[:size].clone())
 
 
+@dataclass(frozen=True)
+class CropLayout:
+    """How one prompt's crops map back to images: AnyRes (one image: its size and tile grid) or one crop per image."""
+
+    crops: int
+    size: tuple[int, int] | None
+    grid: tuple[int, int] | None
+
+
 class PromptTooLongError(ValueError):
     """The prompt does not fit the model's context; the sample cannot be run as is."""
 
@@ -195,40 +204,41 @@ class LladaV:
             raise CheckpointError(f"the tokenizer has no {token} token: is this a LLaDA tokenizer?")
         return token_id
 
-    def _pixels(self, crops: list[Image.Image]) -> Tensor:
-        pixels = self.image_processor(crops, return_tensors="pt")["pixel_values"]
-        return pixels.to(device=self.device, dtype=self.dtype)
+    def prompt_ids(self, question: str, num_images: int, think_mode: str | None = None) -> list[int]:
+        """Token ids of the full chat prompt, one :data:`IMAGE_PLACEHOLDER` per image."""
+        prompt = render_chat(self.tokenizer, user_message(question, num_images, think_mode))
+        ids = splice_image_tokens(prompt, self.tokenizer)
+        if ids.count(IMAGE_PLACEHOLDER) != num_images:
+            raise ValueError(f"the question holds {ids.count(IMAGE_PLACEHOLDER) - num_images} extra <image> tags")
+        return ids
 
-    def _visual_tokens(self, images: list[Image.Image], timer: Timer) -> list[Tensor]:
-        """One (N, d) block of visual tokens per image.
+    def image_crops(self, images: list[Image.Image]) -> tuple[Tensor, CropLayout]:
+        """Pixel crops of the images, and how their features are laid out again.
 
-        One image: AnyRes tiling. Several images: each padded to a square and encoded as one crop of 729
-        tokens without newline, which is what the official evaluation does for multi-image prompts.
+        One image: AnyRes tiling. Several images: each padded to a square and encoded as one crop without
+        newline, which is what the official evaluation does for multi-image prompts.
         """
         images = [image.convert("RGB") for image in images]
         crop = self.config.vision.image_size
-        with timer("preprocess"):
-            if len(images) == 1:
-                crops, grid = anyres.anyres_crops(images[0], self.config.image_grid_pinpoints, crop)
-            else:
-                background = tuple(int(mean * 255) for mean in self.image_processor.image_mean)
-                crops = [anyres.expand_to_square(image, background) for image in images]
-            pixels = self._pixels(crops)
-        with timer("vision"):
-            features = self.network.encode_crops(pixels)
-            if len(images) == 1:
-                newline = self.network.model.image_newline
-                return [anyres.pack_anyres_features(features, images[0].size, grid, newline, self.max_crops)]
-            return list(features)
+        if len(images) == 1:
+            crops, grid = anyres.anyres_crops(images[0], self.config.image_grid_pinpoints, crop)
+            layout = CropLayout(len(crops), images[0].size, grid)
+        else:
+            background = tuple(int(mean * 255) for mean in self.image_processor.image_mean)
+            crops = [anyres.expand_to_square(image, background) for image in images]
+            layout = CropLayout(len(crops), None, None)
+        pixels = self.image_processor(crops, return_tensors="pt")["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype), layout
 
-    @torch.no_grad()
-    def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt:
-        timer = Timer(self.device)
-        prompt = render_chat(self.tokenizer, user_message(question, len(images), think_mode))
-        ids = splice_image_tokens(prompt, self.tokenizer)
-        if ids.count(IMAGE_PLACEHOLDER) != len(images):
-            raise ValueError(f"the question holds {ids.count(IMAGE_PLACEHOLDER) - len(images)} extra <image> tags")
-        visual = self._visual_tokens(images, timer) if images else []
+    def visual_blocks(self, features: Tensor, layout: CropLayout) -> list[Tensor]:
+        """Projected crop features (crops, patches, d) → one (N, d) block of visual tokens per image."""
+        if layout.grid is None:
+            return list(features)
+        newline = self.network.model.image_newline
+        return [anyres.pack_anyres_features(features, layout.size, layout.grid, newline, self.max_crops)]
+
+    def splice(self, ids: list[int], visual: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Prompt embeddings with the visual blocks in place of the placeholders, and each block's span."""
         pieces, spans, position = [], [], 0
         for index, chunk in enumerate(_split(ids, IMAGE_PLACEHOLDER)):
             if index:
@@ -242,6 +252,19 @@ class LladaV:
         limit = self.config.max_prompt_tokens
         if limit is not None and len(embeds) > limit:
             raise PromptTooLongError(f"prompt has {len(embeds)} tokens, the model's limit is {limit}")
+        return embeds, spans
+
+    @torch.no_grad()
+    def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt:
+        timer = Timer(self.device)
+        ids = self.prompt_ids(question, len(images), think_mode)
+        visual = []
+        if images:
+            with timer("preprocess"):
+                pixels, layout = self.image_crops(images)
+            with timer("vision"):
+                visual = self.visual_blocks(self.network.encode_crops(pixels), layout)
+        embeds, spans = self.splice(ids, visual)
         return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds)
 
     def embed(self, token_ids: Tensor) -> Tensor:

@@ -5,7 +5,7 @@
 Where it sits: it is the project's embedded model and the vehicle of every test. ``load_llada_v`` reads
 it through the same code path as ``GSAI-ML/LLaDA-V``: config.json, safetensors with the official
 parameter names, and tokenizer files with the LLaDA special tokens and chat template. Only the sizes
-differ: a byte-level tokenizer (256 bytes + the special tokens), a 2-layer language model and a
+differ: a byte-level BPE tokenizer (256 bytes, a few merges, the special tokens), a 2-layer language model and a
 2-layer SigLIP tower that keeps the real crop size and patch size, so visual token counts are real.
 Nothing is downloaded.
 """
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from redvtp_eval.models.llada_v import LladaVConfig, LladaVNetwork
+from redvtp_eval.models.prompt import SYSTEM_PROMPT
 
 SPECIAL_TOKENS = (
     "<|startoftext|>",
@@ -65,7 +66,7 @@ TINY_CONFIG = {
     "hidden_act": "silu",
     "attention_bias": False,
     "tie_word_embeddings": False,
-    "vocab_size": 320,
+    "vocab_size": 512,
     "mm_projector_type": "mlp2x_gelu",
     "mm_hidden_size": 32,
     "mm_vision_select_layer": -2,
@@ -86,12 +87,30 @@ TINY_CONFIG = {
 }
 
 
+MERGE_CORPUS = (
+    SYSTEM_PROMPT,
+    "system user assistant",
+    "What is written in the box? Which number is in the box? What color is the box? Which color is the box?",
+    *["the blue box, the pink box, the gold box, the teal box, the lime box, the gray box"] * 4,
+    *["blue\npink\ngold\nteal\nlime\ngray"] * 4,
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+)
+"""Text the byte-level BPE learns its merges from: the prompt scaffolding, so prompts stay short. No digits,
+so numbers remain one token per digit."""
+MERGES = 160
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (one token per byte, no merges) with LLaDA's special tokens and chat template."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={char: index for index, char in enumerate(alphabet)}, merges=[]))
+    """Byte-level BPE (256 bytes + merges learned offline from the prompt scaffolding) with LLaDA's special
+    tokens and chat template. Deterministic: the same files every time."""
+    backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + MERGES, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(MERGE_CORPUS, trainer=trainer)
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -103,24 +122,26 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, config: dict | None = None) -> Path:
-    """Write config.json, model.safetensors and tokenizer files to ``out_dir``; same seed, same bytes."""
+def save_checkpoint(network: LladaVNetwork, raw_config: dict, out_dir: str | Path) -> Path:
+    """Write a network in the layout ``load_llada_v`` reads: config.json, model.safetensors, tokenizer files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = {**TINY_CONFIG, **(config or {})}
+    state = {key: tensor.detach().contiguous() for key, tensor in network.state_dict().items()}
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n")
+    build_tokenizer().save_pretrained(out)
+    return out
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
+    """Random weights with sharpened attention; same seed, same bytes."""
     torch.manual_seed(seed)
-    network = LladaVNetwork(LladaVConfig.from_dict(raw, "sdpa"))
+    network = LladaVNetwork(LladaVConfig.from_dict(TINY_CONFIG, "sdpa"))
     with torch.no_grad():
-        newline = network.model.image_newline
-        newline.copy_(torch.randn(newline.shape) / newline.numel() ** 0.5)
         for layer in network.model.layers:
             layer.self_attn.q_proj.weight.mul_(ATTENTION_GAIN)
             layer.self_attn.k_proj.weight.mul_(ATTENTION_GAIN)
-    state = {key: tensor.contiguous() for key, tensor in network.state_dict().items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps({**raw, "redvtp_eval_tiny_seed": seed}, indent=2) + "\n")
-    build_tokenizer().save_pretrained(out)
-    return out
+    return save_checkpoint(network, {**TINY_CONFIG, "redvtp_eval_tiny_seed": seed}, out_dir)
 
 
 def main() -> None:

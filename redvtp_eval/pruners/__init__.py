@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import inspect
+
 from redvtp_eval.pruners.base import Pruner, PruneContext, VisualAttention
+from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
 
 PRUNERS: dict[str, type[Pruner]] = {
     "none": Pruner,
     "redvtp": RedVTP,
+    "random": RandomPruner,
 }
+
+
+def options_of(cls: type[Pruner]) -> list[str]:
+    """Keyword options a pruner class accepts, its own and those of the classes it builds on."""
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "options")]
+    return list(dict.fromkeys(names))
 
 
 def make_pruner(name: str, **options) -> Pruner:
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    accepted = options_of(PRUNERS[name])
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ValueError(f"pruner {name!r} has no option {', '.join(unknown)}; its options: {', '.join(accepted)}")
     return PRUNERS[name](**options)
 
 

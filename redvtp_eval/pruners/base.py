@@ -52,9 +52,22 @@ class PruneContext:
     prompt_text: Tensor
     """Prompt positions outside the visual spans (system prompt, question, chat markup)."""
     attention: VisualAttention | None
+    generator: torch.Generator | None = None
+    """The generation's random stream (seeded per sample by the harness), for pruners that draw."""
 
     def split_by_image(self, values: Tensor) -> list[Tensor]:
         return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
+
+
+def check_ratio(ratio: float) -> float:
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio is the fraction of visual tokens kept and must lie in (0, 1], got {ratio}")
+    return float(ratio)
+
+
+def kept_count(tokens: int, ratio: float) -> int:
+    """How many of an image's visual tokens a ratio keeps: ``max(1, int(N·r))``, as the official code."""
+    return max(1, int(tokens * ratio))
 
 
 class Pruner:

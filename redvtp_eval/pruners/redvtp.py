@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from redvtp_eval.pruners.base import PruneContext, Pruner
+from redvtp_eval.pruners.base import PruneContext, Pruner, check_ratio, kept_count
 
 QUERY_SETS = ("masked", "prompt+masked", "prompt", "all_response", "decoded")
 
@@ -28,11 +28,9 @@ class RedVTP(Pruner):
 
     def __init__(self, ratio: float = 0.5, query_set: str = "masked", **options) -> None:
         super().__init__(**options)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio is the fraction of visual tokens kept and must lie in (0, 1], got {ratio}")
         if query_set not in QUERY_SETS:
             raise ValueError(f"query_set {query_set!r} is not one of {', '.join(QUERY_SETS)}")
-        self.ratio = ratio
+        self.ratio = check_ratio(ratio)
         self.query_set = query_set
 
     def queries(self, context: PruneContext) -> Tensor:
@@ -54,8 +52,4 @@ class RedVTP(Pruner):
         scores = self.scores(context)
         if scores is None:
             return None
-        kept = []
-        for image_scores in scores:
-            count = max(1, int(len(image_scores) * self.ratio))
-            kept.append(torch.topk(image_scores, count).indices.sort().values)
-        return kept
+        return [torch.topk(s, kept_count(len(s), self.ratio)).indices.sort().values for s in scores]
