@@ -69,7 +69,9 @@ def main() -> None:
     pruned = generate(model, prompt, settings, pruner)
     print(summary("unpruned", unpruned))
     print(summary(f"redvtp r={args.ratio:g}", pruned))
-    speedup = unpruned.record.seconds["denoise"] / max(pruned.record.seconds["denoise"] + pruned.record.seconds["prune"], 1e-9)
+    speedup = unpruned.record.seconds["denoise"] / max(
+        pruned.record.seconds["denoise"] + pruned.record.seconds["prune"], 1e-9
+    )
     print(f"denoising loop speed-up (incl. pruning): {speedup:.2f}x")
 
 

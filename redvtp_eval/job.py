@@ -172,7 +172,7 @@ def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict:
         dump(job_dir / "lmms_eval_results.json", results)
         baseline_score, baseline_samples = None, {}
         if any(entry.get("baseline") for entry in entries):
-            answers = {(e["task"], e["doc_id"]): (e["baseline"] or {}).get("prediction", "") for e in entries}
+            answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
             baseline = evaluate(RecordedAnswers(answers), None, cfg, task_manager)
             baseline_samples = {sample["doc_id"]: sample for sample in baseline.pop("samples")[name]}
             dump(job_dir / "lmms_eval_baseline_results.json", baseline)

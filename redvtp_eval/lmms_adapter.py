@@ -11,8 +11,9 @@ into ``model.prepare`` → ``generate`` and times it. lmms-eval finds it by name
 
 Per request, with ``paired_baseline`` (default), the adapter also runs the unpruned model on the same
 sample through the same code and timer, alternating which of the two goes first so that drift hits both
-alike; each sample's random stream (sampling, random pruning) is seeded from (seed, task, doc_id). With ``log_path``, every finished sample is appended to that JSONL file at once (answers, timings,
-token counts, failures) and a re-run skips the samples already there. Generation settings come from the
+alike; each sample's random stream (sampling, random pruning) is seeded from (seed, task, doc_id). With
+``log_path``, every finished sample is appended to that JSONL file at once (answers, timings, token
+counts, failures) and a re-run skips the samples already there. Generation settings come from the
 task's ``gen_kwargs`` under LLaDA-V's names (``gen_length``, ``steps`` or ``gen_steps``, ``block_length``,
 ``remasking``, ``temperature``, ``think_mode``, ``stopping_criteria``); absent, they default to the
 official wrapper's 2/2/2. ``<|eot_id|>`` always ends an answer; lmms-eval's ``until`` is ignored, as in the
@@ -27,14 +28,14 @@ import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
-from PIL.Image import DecompressionBombError
 from PIL import UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
 from redvtp_eval.models.llada_v import PromptTooLongError, load_llada_v
 from redvtp_eval.pruners import Pruner, make_pruner
-from redvtp_eval.samples_log import SamplesLog
 from redvtp_eval.sampler import GenerationSettings, generate
+from redvtp_eval.samples_log import SamplesLog
 from redvtp_eval.timing import Timer
 
 MODEL_NAME = "redvtp_llada_v"
@@ -93,7 +94,15 @@ class PrunedDiffusionVLM(lmms):
         self.seed = int(seed)
         self.log = SamplesLog(log_path) if log_path else None
 
-    def _timed(self, context: str, images: list, settings: GenerationSettings, think_mode: str | None, pruner: Pruner, seed: int) -> dict:
+    def _timed(
+        self,
+        context: str,
+        images: list,
+        settings: GenerationSettings,
+        think_mode: str | None,
+        pruner: Pruner,
+        seed: int,
+    ) -> dict:
         """One end-to-end generation (prompt + vision encoder + denoising), timed on a synchronised device."""
         cuda = self.device.type == "cuda"
         if cuda:

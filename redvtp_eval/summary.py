@@ -67,7 +67,11 @@ def _cell(value: float | None, spec: str) -> str:
 
 
 def format_table(metrics: dict, label: str) -> str:
-    rows = [("unpruned", metrics["unpruned"]), (label, metrics["pruned"])] if metrics["unpruned"] else [(label, metrics["pruned"])]
+    rows = (
+        [("unpruned", metrics["unpruned"]), (label, metrics["pruned"])]
+        if metrics["unpruned"]
+        else [(label, metrics["pruned"])]
+    )
     lines = [
         f"{'':<16}{'score':>8}{'p50 s':>9}{'p90 s':>9}{'tok/s gen':>11}{'tok/s ans':>11}{'visual tokens':>17}",
     ]

@@ -93,8 +93,9 @@ def markdown(jobs: list[dict], kept_jobs: list[dict], fractions: dict, samples: 
     for task in sorted({job["task"] for job in jobs}):
         rows = {(job["pruner"], job["ratio"]): job for job in jobs if job["task"] == task}
         ratios = sorted({ratio for _, ratio in rows}, reverse=True)
+        first = next(iter(rows.values()))
         lines += [
-            f"## {task} ({next(iter(rows.values()))['metric']}, {next(iter(rows.values()))['samples']} held-out samples)",
+            f"## {task} ({first['metric']}, {first['samples']} held-out samples)",
             "",
             "| r | unpruned | RedVTP | random | visual tokens kept | p50 latency s (unpruned / RedVTP / random) "
             "| tok/s gen (RedVTP / random) | speed-up RedVTP |",

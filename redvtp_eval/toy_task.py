@@ -68,7 +68,7 @@ def _font(size: int = 14) -> ImageFont.FreeTypeFont:
 
 
 def _free_cells(taken: set[tuple[int, int]], size: int, rng: random.Random) -> tuple[int, int]:
-    """Top-left grid cell of a free ``size``×``size`` square that keeps one free cell around it and stays in one crop."""
+    """Top-left cell of a free ``size``×``size`` square with one free cell around it, inside one crop."""
     per_crop = CROP // CELL
     while True:
         row, col = rng.randrange(ROWS - size + 1), rng.randrange(COLUMNS - size + 1)

@@ -48,7 +48,12 @@ SIZES = {
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "mm_hidden_size": 96,
-        "vision_config": {**TINY_CONFIG["vision_config"], "hidden_size": 96, "intermediate_size": 192, "num_attention_heads": 4},
+        "vision_config": {
+            **TINY_CONFIG["vision_config"],
+            "hidden_size": 96,
+            "intermediate_size": 192,
+            "num_attention_heads": 4,
+        },
     },
     "micro": {
         "hidden_size": 32,
@@ -57,7 +62,12 @@ SIZES = {
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
         "mm_hidden_size": 16,
-        "vision_config": {**TINY_CONFIG["vision_config"], "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+        "vision_config": {
+            **TINY_CONFIG["vision_config"],
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+        },
     },
 }
 """Both keep LLaDA-V's layout and AnyRes rule with 192-px crops of 16-px patches (12×12 tokens per crop):
@@ -86,10 +96,14 @@ class Batches:
         self.generation = {name: task_generation(name) for name in TASKS}
 
     def prompt(self, name: str, sample: ToySample) -> str:
-        doc = {"question": sample.question} if name == "redvtp_toy_docvqa" else {
-            "question": sample.choice_question,
-            "options": sample.options,
-        }
+        doc = (
+            {"question": sample.question}
+            if name == "redvtp_toy_docvqa"
+            else {
+                "question": sample.choice_question,
+                "options": sample.options,
+            }
+        )
         return task_prompt(name, doc)
 
     def answer(self, name: str, sample: ToySample) -> str:
@@ -111,7 +125,9 @@ class Batches:
         return torch.stack(embeds), torch.tensor(responses)
 
 
-def diffusion_loss(runtime: LladaV, prompt: torch.Tensor, response: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def diffusion_loss(
+    runtime: LladaV, prompt: torch.Tensor, response: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """LLaDA's SFT loss: mask with probability t, cross-entropy on masked positions weighted by 1/t."""
     batch, length = response.shape
     strata = (torch.arange(batch) + torch.rand(batch, generator=generator)) / batch
@@ -180,12 +196,19 @@ def train(out_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        entry = {"step": step + 1, "task": name, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
-                 "seconds": time.perf_counter() - started}
+        entry = {
+            "step": step + 1,
+            "task": name,
+            "loss": loss.item(),
+            "lr": schedule.get_last_lr()[0],
+            "seconds": time.perf_counter() - started,
+        }
         with log_path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if (step + 1) % 25 == 0 or step == 0:
-            print(f"step {step + 1:>5}/{steps}  {name:<18} loss {entry['loss']:.4f}  {entry['seconds']:.0f}s", flush=True)
+            print(
+                f"step {step + 1:>5}/{steps}  {name:<18} loss {entry['loss']:.4f}  {entry['seconds']:.0f}s", flush=True
+            )
     training_seconds = time.perf_counter() - started
     network.eval()
     config = {**raw, "redvtp_eval_toy": {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION}}
@@ -213,16 +236,20 @@ def write_card(out_dir: Path, command: str, args: argparse.Namespace, report: di
         "the real weights. Its numbers say nothing about LLaDA-V itself.",
         "",
         f"- command: `{command}`",
-        f"- seed: {args.seed}; generator version: {GENERATOR_VERSION}; steps: {args.steps}; batch size: {args.batch_size}; lr: {args.lr}",
+        f"- seed: {args.seed}; generator version: {GENERATOR_VERSION}; steps: {args.steps}; "
+        f"batch size: {args.batch_size}; lr: {args.lr}",
         f"- training time: {report['training_seconds']:.0f} s on {env['device']} ({env['cpu_threads']} threads), "
         f"torch {env['libraries']['torch']}, Python {platform.python_version()}, commit {env['commit']}"
         + (" plus uncommitted changes" if env["dirty"] else ""),
-        f"- loss: first {losses[0]:.3f}, mean of the last {len(tail)} steps {sum(tail) / len(tail):.4f} (`train_log.jsonl`)",
+        f"- loss: first {losses[0]:.3f}, mean of the last {len(tail)} steps {sum(tail) / len(tail):.4f} "
+        "(`train_log.jsonl`)",
         f"- held-out scores, first {args.eval_size} samples of each offline task, unpruned, greedy:",
     ]
     lines += [f"  - `{name}`: {score:.4f}" for name, score in report["held_out"].items()]
     (out_dir / "CARD.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "card.json").write_text(json.dumps({"command": command, **vars(args), **report}, indent=2, default=str) + "\n")
+    (out_dir / "card.json").write_text(
+        json.dumps({"command": command, **vars(args), **report}, indent=2, default=str) + "\n"
+    )
 
 
 def main() -> None:

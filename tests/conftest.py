@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from redvtp_eval.models.llada_v import LladaV, load_llada_v
 from redvtp_eval.models.make_tiny import make_tiny
 

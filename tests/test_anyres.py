@@ -16,7 +16,7 @@ PINPOINTS = [(384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)]
 def test_visual_token_counts_match_the_official_pipeline(tiny, size, tokens):
     prompt = tiny.prepare("What is the total?", [page(size)])
     assert prompt.visual_tokens == tokens
-    (start, end), = prompt.visual_spans
+    ((start, end),) = prompt.visual_spans
     assert prompt.embeds.shape == (start + tokens + (len(prompt.embeds) - end), 64)
 
 

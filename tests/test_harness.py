@@ -60,7 +60,10 @@ def test_a_killed_job_resumes_without_losing_or_repeating_samples(tmp_path):
     job = tmp_path / "job"
     log = job / "samples.jsonl"
     process = subprocess.Popen(
-        command(f"hydra.run.dir={job}", "limit=4"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command(f"hydra.run.dir={job}", "limit=4"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 240
     while not (log.exists() and log.read_text().count("\n") >= 1) and time.time() < deadline:
@@ -108,5 +111,7 @@ def test_bad_input_gives_a_message_not_a_traceback(tmp_path, overrides, message)
 def test_a_paper_benchmark_without_local_data_says_how_to_fetch_it(tmp_path):
     result = run(f"hydra.run.dir={tmp_path / 'job'}", "task=docvqa_val", timeout=180)
     assert result.returncode == 2
-    assert "lmms-lab-encoder/DocVQA" in result.stderr and "huggingface-cli download --repo-type dataset" in result.stderr
+    assert (
+        "lmms-lab-encoder/DocVQA" in result.stderr and "huggingface-cli download --repo-type dataset" in result.stderr
+    )
     assert not (tmp_path / "job" / "samples.jsonl").exists()

@@ -36,7 +36,10 @@ def evaluate(tiny_dir, tasks_dir, task: str, log_path, limit: int, **options):
 
     from redvtp_eval.lmms_adapter import PrunedDiffusionVLM
 
-    arguments = ",".join(f"{k}={v}" for k, v in {"pretrained": tiny_dir, "dtype": "float32", "device": "cpu", "warmup": 0, **options}.items())
+    arguments = ",".join(
+        f"{k}={v}"
+        for k, v in {"pretrained": tiny_dir, "dtype": "float32", "device": "cpu", "warmup": 0, **options}.items()
+    )
     adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": str(log_path)})
     return simple_evaluate(
         model=adapter,
@@ -53,7 +56,9 @@ def evaluate(tiny_dir, tasks_dir, task: str, log_path, limit: int, **options):
 
 @pytest.mark.parametrize("task", ["redvtp_toy_docvqa", "redvtp_toy_mcq"])
 def test_ratio_one_answers_like_the_unpruned_model(tiny_dir, tmp_path, task):
-    kept = evaluate(tiny_dir, TASKS_DIR, task, tmp_path / "kept.jsonl", 3, pruner="redvtp", ratio=1.0, paired_baseline=False)
+    kept = evaluate(
+        tiny_dir, TASKS_DIR, task, tmp_path / "kept.jsonl", 3, pruner="redvtp", ratio=1.0, paired_baseline=False
+    )
     plain = evaluate(tiny_dir, TASKS_DIR, task, tmp_path / "none.jsonl", 3, pruner="none")
     predictions = lambda results: [s["filtered_resps"] for s in results["samples"][task]]  # noqa: E731
     assert predictions(kept) == predictions(plain)
@@ -92,16 +97,27 @@ def test_the_entry_point_registers_the_adapter_with_lmms_eval():
 def test_lmms_eval_cli_runs_the_adapter(tiny_dir, tmp_path):
     result = subprocess.run(
         [
-            sys.executable, "-m", "lmms_eval",
-            "--model", "redvtp_llada_v",
-            "--model_args", f"pretrained={tiny_dir},pruner=redvtp,ratio=0.5,dtype=float32,device=cpu,warmup=0",
-            "--include_path", str(TASKS_DIR),
-            "--tasks", "redvtp_toy_mcq",
-            "--gen_kwargs", QUICK_GENERATION,
-            "--limit", "1",
-            "--output_path", str(tmp_path / "out"),
+            sys.executable,
+            "-m",
+            "lmms_eval",
+            "--model",
+            "redvtp_llada_v",
+            "--model_args",
+            f"pretrained={tiny_dir},pruner=redvtp,ratio=0.5,dtype=float32,device=cpu,warmup=0",
+            "--include_path",
+            str(TASKS_DIR),
+            "--tasks",
+            "redvtp_toy_mcq",
+            "--gen_kwargs",
+            QUICK_GENERATION,
+            "--limit",
+            "1",
+            "--output_path",
+            str(tmp_path / "out"),
         ],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "redvtp_toy_mcq" in result.stdout

@@ -14,7 +14,19 @@ def test_make_tiny_then_load_then_generate_from_the_command_line(tmp_path):
     made = run("redvtp_eval.models.make_tiny", str(tmp_path / "tiny"))
     assert made.returncode == 0, made.stderr
     assert {p.name for p in (tmp_path / "tiny").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
-    result = run("redvtp_eval.generate", "--model", str(tmp_path / "tiny"), "--ratio", "0.25", "--gen-length", "8", "--steps", "4", "--block-length", "8")
+    result = run(
+        "redvtp_eval.generate",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--ratio",
+        "0.25",
+        "--gen-length",
+        "8",
+        "--steps",
+        "4",
+        "--block-length",
+        "8",
+    )
     assert result.returncode == 0, result.stderr
     unpruned, pruned = result.stdout.splitlines()[:2]
     assert "visual  3627 -> 3627" in unpruned

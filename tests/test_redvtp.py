@@ -30,11 +30,13 @@ def naive_step_one_scores(model, prompt, settings, query_set):
     logits[:, list(model.suppressed_token_ids)] = float("-inf")
     confidence = torch.softmax(logits.double(), -1).max(-1).values
     confidence[settings.block_length :] = float("-inf")
-    decoded = torch.topk(confidence, transfer_schedule(settings.block_length, settings.steps // settings.num_blocks)[0]).indices
+    decoded = torch.topk(
+        confidence, transfer_schedule(settings.block_length, settings.steps // settings.num_blocks)[0]
+    ).indices
     still_masked = torch.ones(gen, dtype=torch.bool)
     still_masked[decoded] = False
     prompt_length = len(prompt.embeds)
-    (start, end), = prompt.visual_spans
+    ((start, end),) = prompt.visual_spans
     text = torch.tensor([p for p in range(prompt_length) if not start <= p < end])
     queries = {
         "masked": still_masked.nonzero().squeeze(1) + prompt_length,
@@ -52,7 +54,9 @@ def test_scores_equal_a_naive_eager_reference(tiny, tiny_eager, query_set):
     prompt = tiny.prepare("What is the total?", [page((800, 600))], "no_think")
     pruner = make_pruner("redvtp", ratio=0.5, query_set=query_set, record_scores=True)
     record = generate(tiny, prompt, SETTINGS, pruner).record
-    expected = naive_step_one_scores(tiny_eager, tiny_eager.prepare("What is the total?", [page((800, 600))], "no_think"), SETTINGS, query_set)
+    expected = naive_step_one_scores(
+        tiny_eager, tiny_eager.prepare("What is the total?", [page((800, 600))], "no_think"), SETTINGS, query_set
+    )
     (scores,) = record.scores[0]
     torch.testing.assert_close(scores, expected.float(), atol=1e-5, rtol=0)
     kept = torch.topk(scores, int(len(scores) * 0.5)).indices.sort().values
@@ -84,7 +88,7 @@ def spy_positions(model, monkeypatch):
 @pytest.mark.parametrize("keep_positions", [False, True])
 def test_pruned_tokens_leave_the_sequence_and_positions_follow_the_option(tiny, monkeypatch, keep_positions):
     prompt = tiny.prepare("Q", [page()])
-    (start, end), = prompt.visual_spans
+    ((start, end),) = prompt.visual_spans
     seen = spy_positions(tiny, monkeypatch)
     record = generate(tiny, prompt, SETTINGS, make_pruner("redvtp", ratio=0.25, keep_positions=keep_positions)).record
     full = len(prompt.embeds) + SETTINGS.gen_length
@@ -110,12 +114,16 @@ def test_each_image_is_pruned_on_its_own(tiny):
 
 def test_no_query_left_means_no_pruning(tiny):
     prompt = tiny.prepare("Q", [page()])
-    record = generate(tiny, prompt, GenerationSettings(2, 1, 2, stop_strings=()), make_pruner("redvtp", ratio=0.5)).record
+    record = generate(
+        tiny, prompt, GenerationSettings(2, 1, 2, stop_strings=()), make_pruner("redvtp", ratio=0.5)
+    ).record
     assert record.pruned_after_step is None and record.visual_tokens_after == 1485
 
 
 def test_prune_after_a_later_step(tiny):
-    record = generate(tiny, tiny.prepare("Q", [page()]), SETTINGS, make_pruner("redvtp", ratio=0.5, prune_after_step=3)).record
+    record = generate(
+        tiny, tiny.prepare("Q", [page()]), SETTINGS, make_pruner("redvtp", ratio=0.5, prune_after_step=3)
+    ).record
     assert record.pruned_after_step == 3 and record.visual_tokens_after == 742
 
 

@@ -82,7 +82,9 @@ def test_redvtp_keeps_more_of_the_answer_region_than_random(toy):
     from redvtp_eval.toy_analysis import TASK, answer_region_kept
 
     def mean_kept(name: str) -> float:
-        values = [answer_region_kept(toy, held_out(TASK, i), make_pruner(name, ratio=0.25), seed=i) for i in range(SLICE)]
+        values = [
+            answer_region_kept(toy, held_out(TASK, i), make_pruner(name, ratio=0.25), seed=i) for i in range(SLICE)
+        ]
         return sum(values) / len(values)
 
     assert mean_kept("redvtp") > mean_kept("random")

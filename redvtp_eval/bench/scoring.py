@@ -39,7 +39,14 @@ LLADA_V_TEXT = {
 }
 SIZES = {
     "llada-v": LLADA_V_TEXT,
-    "cpu": {**LLADA_V_TEXT, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8},
+    "cpu": {
+        **LLADA_V_TEXT,
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+    },
     "tiny": {},
 }
 SHAPE = {"system": 47, "visual": 3627, "question": 30, "gen_length": 32}
@@ -109,7 +116,11 @@ def run(size: str, device: str, dtype: str, repeats: int) -> dict:
                 seconds.append(timer.seconds.pop(name))
                 if torch_device.type == "cuda":
                     peaks.append(torch.cuda.max_memory_allocated(torch_device) / 2**30)
-            results[name] = {"median_s": statistics.median(seconds), "seconds": seconds, "peak_gib": max(peaks, default=None)}
+            results[name] = {
+                "median_s": statistics.median(seconds),
+                "seconds": seconds,
+                "peak_gib": max(peaks, default=None),
+            }
     plain_s = results["plain"]["median_s"]
     return {
         "size": size,
@@ -139,7 +150,8 @@ def main() -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
     for name, step in report["steps"].items():
         print(f"{name:<9} median {step['median_s']:.4f}s  peak {step['peak_gib']} GiB")
-    print(f"scoring overhead on the first step: {report['probed_overhead']:+.1%} (official approach {report['official_overhead']:+.1%})")
+    overhead, official = report["probed_overhead"], report["official_overhead"]
+    print(f"scoring overhead on the first step: {overhead:+.1%} (official approach {official:+.1%})")
     print(f"wrote {path}")
 
 

@@ -39,7 +39,9 @@ def resolve_checkpoint(name_or_path: str | Path, hub_id: str) -> Path:
     if not list(path.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}); fetch it with `{fetch}`.")
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (missing {', '.join(missing)}); fetch it with `{fetch}`."
+        )
     return path
 
 

@@ -140,7 +140,7 @@ class LladaVBackbone(nn.Module):
 
 
 class LladaVNetwork(nn.Module):
-    """Parameter names equal the checkpoint's: ``model.layers.{i}.self_attn.*``, ``model.mm_projector.*``, ``lm_head``…"""
+    """Parameter names equal the checkpoint's: ``model.layers.{i}.self_attn.*``, ``model.mm_projector.*``…"""
 
     def __init__(self, config: LladaVConfig) -> None:
         super().__init__()
@@ -156,7 +156,9 @@ class LladaVNetwork(nn.Module):
         rope = self.model.rotary_emb(embeds, position_ids)
         hidden = embeds
         for layer in self.model.layers:
-            hidden = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rope, probe=probe)
+            hidden = layer(
+                hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rope, probe=probe
+            )
         return self.model.norm(hidden)
 
     def truncate_vocab(self, size: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from redvtp_eval.pruners.base import Pruner, PruneContext, VisualAttention
+from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
 
