@@ -25,6 +25,7 @@ from redvtp_eval.models.checkpoint import resolve_checkpoint
 from redvtp_eval.models.llada_v import HUB_ID
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.offline_tasks import TASKS_DIR, ensure_offline_tasks
+from redvtp_eval.pruners.base import check_ratio
 from redvtp_eval.samples_log import SamplesLog
 from redvtp_eval.summary import format_table, summarize
 from redvtp_eval.tracking import wandb_run
@@ -138,8 +139,7 @@ def dump(path: Path, data: dict) -> None:
 
 def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict:
     """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun."""
-    if not 0 < cfg.ratio <= 1:
-        raise JobError(f"ratio is the fraction of visual tokens kept and must lie in (0, 1], got {cfg.ratio}")
+    check_ratio(cfg.ratio)
     checkpoint = checkpoint_path(cfg)
     metrics_path = job_dir / "metrics.json"
     config = job_config(cfg)
