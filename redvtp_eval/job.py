@@ -7,14 +7,19 @@ pruned answers and, replayed, the paired unpruned ones; the job then writes ``me
 which marks the job as finished.
 
 Job directory: ``config.yaml`` (the resolved job config), ``environment.json``, ``samples.jsonl``,
-``lmms_eval_results.json`` (+ ``lmms_eval_baseline_results.json``), ``metrics.json``, and W&B files.
+``lmms_eval_results.json`` (+ ``lmms_eval_baseline_results.json``), ``metrics.json``, and W&B files;
+``failed.json`` (the error and its traceback) when the job stopped on an exception.
 Re-running the same command skips a finished job and resumes a half-finished one from ``samples.jsonl``.
+
+Data parallelism: under ``accelerate launch`` every rank runs this job on its share of the samples
+(lmms-eval splits them by rank) and logs to its own file; rank 0 merges the logs and writes the rest.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 
 import yaml
@@ -26,12 +31,13 @@ from redvtp_eval.models.llada_v import HUB_ID
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.offline_tasks import TASKS_DIR, ensure_offline_tasks
 from redvtp_eval.pruners.base import check_ratio
-from redvtp_eval.samples_log import SamplesLog
+from redvtp_eval.samples_log import SamplesLog, log_path, read_all
 from redvtp_eval.summary import format_table, summarize
 from redvtp_eval.tracking import wandb_run
 
 RUN_ONLY_KEYS = ("wandb",)
 """Config keys that may change between a run and its resumption (where results are logged, not what they are)."""
+FAILED = "failed.json"
 
 
 class JobError(Exception):
@@ -66,6 +72,17 @@ def checkpoint_path(cfg: DictConfig) -> str:
     return str(resolve_checkpoint(local.resolve() if local.exists() else cfg.model.path, HUB_ID))
 
 
+def task_manager_for(cfg: DictConfig):
+    """lmms-eval's task index: our offline tasks, plus lmms-eval's own unless the task is offline. Never downloads."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lmms_eval.tasks import TaskManager
+
+    if cfg.task.offline:
+        ensure_offline_tasks()
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.offline)
+
+
 def load_task(task_manager, name: str) -> None:
     """Load the task's data now, so that a missing dataset fails before any model is loaded."""
     from lmms_eval.tasks import get_task_dict
@@ -86,13 +103,23 @@ def load_task(task_manager, name: str) -> None:
         ) from None
 
 
+def launch_rank() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as ``accelerate launch`` / torchrun set them; (0, 0, 1) in one process."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
 def model_args(cfg: DictConfig, checkpoint: str) -> str:
     """The adapter's arguments as lmms-eval records them: pruner and ratio tell runs apart in its outputs."""
+    _, local_rank, world_size = launch_rank()
+    device = cfg.model.device
+    if world_size > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
     args = {
         "pretrained": checkpoint,
         "pruner": cfg.pruner.name,
         "dtype": cfg.model.dtype,
-        "device": cfg.model.device,
+        "device": device,
         "attn_implementation": cfg.model.attn_implementation,
         "paired_baseline": cfg.paired_baseline,
         "warmup": cfg.warmup,
@@ -137,43 +164,62 @@ def dump(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict:
-    """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun."""
+def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict | None:
+    """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun.
+
+    Returns the metrics on rank 0 (None on the other ranks of a data-parallel run).
+    """
     check_ratio(cfg.ratio)
     checkpoint = checkpoint_path(cfg)
+    rank, _, world_size = launch_rank()
     metrics_path = job_dir / "metrics.json"
     config = job_config(cfg)
-    claim_directory(job_dir, config)
+    if rank == 0:
+        claim_directory(job_dir, config)
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         print(f"already finished: {job_dir}\n{format_table(metrics, cfg.pruner.tag)}")
         return metrics
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lmms_eval.tasks import TaskManager
+    failure = job_dir / FAILED
+    if rank == 0:
+        failure.unlink(missing_ok=True)
+    try:
+        return _run(cfg, job_dir, checkpoint, config, sweep, rank, world_size)
+    except Exception as error:
+        if rank == 0:
+            dump(failure, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        raise
 
-    if cfg.task.offline:
-        ensure_offline_tasks()
-    task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.offline)
+
+def _run(
+    cfg: DictConfig, job_dir: Path, checkpoint: str, config: dict, sweep: str | None, rank: int, world_size: int
+) -> dict | None:
+    task_manager = task_manager_for(cfg)
     load_task(task_manager, cfg.task.name)
-    dump(job_dir / "environment.json", environment(cfg.model.device))
-    log = SamplesLog(job_dir / "samples.jsonl")
+    if rank == 0:
+        dump(job_dir / "environment.json", environment(cfg.model.device))
 
     name = f"{cfg.model.path}/{cfg.task.name}/{cfg.pruner.tag}"
-    with wandb_run(cfg.wandb, job_dir, config, name, sweep) as tracker:
+    settings = cfg.wandb if rank == 0 else OmegaConf.create({"mode": "disabled"})
+    with wandb_run(settings, job_dir, config, name, sweep) as tracker:
         from redvtp_eval.lmms_adapter import PrunedDiffusionVLM, RecordedAnswers
 
         arguments = model_args(cfg, checkpoint)
-        adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": str(log.path)})
+        own_log = str(log_path(job_dir, rank, world_size))
+        adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": own_log})
         results = evaluate(adapter, arguments, cfg, task_manager)
-        entries = log.read()
+        entries = read_all(job_dir, world_size)
         name, metric = cfg.task.name, cfg.task.metric
+        baseline = None
+        if any(entry.get("baseline") for entry in entries):
+            answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
+            baseline = evaluate(RecordedAnswers(answers, adapter.device), None, cfg, task_manager)
+        if rank != 0:
+            return None
         pruned_samples = {sample["doc_id"]: sample for sample in results.pop("samples")[name]}
         dump(job_dir / "lmms_eval_results.json", results)
         baseline_score, baseline_samples = None, {}
-        if any(entry.get("baseline") for entry in entries):
-            answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
-            baseline = evaluate(RecordedAnswers(answers), None, cfg, task_manager)
+        if baseline is not None:
             baseline_samples = {sample["doc_id"]: sample for sample in baseline.pop("samples")[name]}
             dump(job_dir / "lmms_eval_baseline_results.json", baseline)
             baseline_score = baseline["results"][name][metric]
@@ -183,16 +229,17 @@ def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict:
             entry["score"] = sample_score(sample, metric)
             if entry.get("baseline"):
                 entry["baseline"]["score"] = sample_score(baseline_samples[entry["doc_id"]], metric)
-        log.rewrite(entries)
+        SamplesLog(job_dir / "samples.jsonl").rewrite(entries)
         metrics = {
             "model": cfg.model.path,
             "task": name,
             "metric": metric,
             "pruner": cfg.pruner.name,
             "ratio": cfg.ratio if cfg.pruner.name != "none" else 1.0,
+            "world_size": world_size,
             **summarize(entries, results["results"][name][metric], baseline_score),
         }
         tracker.log_job(metrics, entries)
-    dump(metrics_path, metrics)
+    dump(job_dir / "metrics.json", metrics)
     print(format_table(metrics, cfg.pruner.tag))
     return metrics

@@ -6,7 +6,7 @@
 
 Where it sits: lmms-eval builds the requests and scores the answers; this adapter turns each request
 into ``model.prepare`` → ``generate`` and times it. lmms-eval finds it by name through the
-``lmms_eval.models`` entry point (:func:`manifests`); the harness passes the same name and a
+``lmms_eval.models`` entry point (:mod:`redvtp_eval.lmms_plugin`); the harness passes the same name and a
 ``model_args`` string, so pruner and ratio are part of every lmms-eval record.
 
 Per request, with ``paired_baseline`` (default), the adapter also runs the unpruned model on the same
@@ -27,7 +27,6 @@ import zlib
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 from tqdm import tqdm
@@ -38,14 +37,9 @@ from redvtp_eval.sampler import GenerationSettings, generate
 from redvtp_eval.samples_log import SamplesLog
 from redvtp_eval.timing import Timer
 
-MODEL_NAME = "redvtp_llada_v"
 END_OF_TURN = "<|eot_id|>"
 SAMPLE_ERRORS = (UnidentifiedImageError, DecompressionBombError, OSError, PromptTooLongError)
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
-
-
-def manifests() -> ModelManifest:
-    return ModelManifest(model_id=MODEL_NAME, simple_class_path="redvtp_eval.lmms_adapter.PrunedDiffusionVLM")
 
 
 def generation_settings(gen_kwargs: dict) -> tuple[GenerationSettings, str | None]:
@@ -132,7 +126,7 @@ class PrunedDiffusionVLM(lmms):
 
     def _sample(self, request: Instance, position: int, warm: bool) -> dict:
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-        entry = {"task": task, "doc_id": doc_id, "prediction": "", "failed": None}
+        entry = {"task": task, "doc_id": doc_id, "rank": self.rank, "prediction": "", "failed": None}
         try:
             settings, think_mode = generation_settings(gen_kwargs)
             seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
@@ -177,9 +171,11 @@ class PrunedDiffusionVLM(lmms):
 class RecordedAnswers(lmms):
     """Answers that were already generated, handed back to lmms-eval so that its own task code scores them."""
 
-    def __init__(self, answers: dict[tuple[str, int], str]) -> None:
+    def __init__(self, answers: dict[tuple[str, int], str], device: torch.device | None = None) -> None:
+        """``device``: where lmms-eval puts its rank-gathering tensors (the evaluated model's, across ranks)."""
         super().__init__()
         self.answers = answers
+        self.device = device or torch.device("cpu")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         return [self.answers[(request.args[4], request.args[3])] for request in requests]

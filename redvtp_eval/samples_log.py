@@ -5,6 +5,9 @@ paired baseline and to summarise; at the end the job rewrites it once with targe
 
 Each line is flushed and fsync'ed, so a crash or Ctrl-C loses at most the sample in flight; a line cut
 short by a crash is ignored when reading back. Samples are keyed by (task, doc_id).
+
+Under data parallelism (``accelerate launch``) each rank appends to its own ``samples.rank<r>.jsonl``
+(:func:`log_path`), so no two processes write one file; the job merges them into ``samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+
+def log_path(job_dir: Path, rank: int = 0, world_size: int = 1) -> Path:
+    return job_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
+
+
+def read_all(job_dir: Path, world_size: int) -> list[dict]:
+    """Every rank's entries, first occurrence per (task, doc_id): lmms-eval pads ranks with duplicate requests."""
+    logs = [SamplesLog(log_path(job_dir, rank, world_size)) for rank in range(world_size)]
+    merged = {}
+    for log in logs:
+        for entry in log.read():
+            merged.setdefault((entry["task"], entry["doc_id"]), entry)
+    return sorted(merged.values(), key=lambda entry: (entry["task"], entry["doc_id"]))
 
 
 class SamplesLog:

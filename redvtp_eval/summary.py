@@ -59,6 +59,21 @@ def summarize(entries: list[dict], score: float | None, baseline_score: float | 
         "unpruned": unpruned,
         "speedup_p50": speedup,
         "score_delta": score - baseline_score if unpruned and None not in (score, baseline_score) else None,
+        "per_rank": per_rank(measured),
+    }
+
+
+def per_rank(measured: list[dict]) -> dict | None:
+    """Under data parallelism, each rank's sample count and pruned latency: a slow device shows up here."""
+    ranks = sorted({entry.get("rank", 0) for entry in measured})
+    if len(ranks) < 2:
+        return None
+    return {
+        str(rank): {
+            "samples": len(runs := [entry for entry in measured if entry.get("rank", 0) == rank]),
+            "latency_s": distribution([run["latency_s"] for run in runs]),
+        }
+        for rank in ranks
     }
 
 

@@ -115,3 +115,23 @@ def test_a_paper_benchmark_without_local_data_says_how_to_fetch_it(tmp_path):
         "lmms-lab-encoder/DocVQA" in result.stderr and "huggingface-cli download --repo-type dataset" in result.stderr
     )
     assert not (tmp_path / "job" / "samples.jsonl").exists()
+
+
+def test_a_job_that_raises_leaves_failed_json_and_no_metrics(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from redvtp_eval import job
+    from redvtp_eval.reproduce import CONFIG_DIR
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(job, "evaluate", out_of_memory)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=redvtp_toy_mcq", "limit=2", "wandb.mode=disabled"])
+    with pytest.raises(RuntimeError):
+        job.run_job(cfg, tmp_path / "job")
+    failure = json.loads((tmp_path / "job" / job.FAILED).read_text())
+    assert failure["error"] == "RuntimeError: CUDA out of memory"
+    assert "out_of_memory" in failure["traceback"]
+    assert not (tmp_path / "job" / "metrics.json").exists()
