@@ -22,8 +22,10 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-reproduce-tables:
-	@echo "make reproduce-tables (the paper grid, tables and figures) is the next issue; nothing to run yet." && exit 1
+# The paper's grid (LLaDA-V x ratios x six benchmarks), then results/tables and results/figures. SMOKE=1: the same
+# pipeline on the toy model and the offline toy tasks (CPU, minutes). ARGS: Hydra overrides for every job.
+reproduce-tables: install
+	$(PY) -m redvtp_eval.reproduce $(if $(SMOKE),--smoke) $(ARGS)
 
 clean:
 	rm -rf $(VENV) checkpoints/tiny-llada-v tasks/data

@@ -1,0 +1,45 @@
+"""The pruned model against the unpruned one on the same samples: mean difference and its uncertainty.
+
+Where it sits: the report calls :func:`paired_difference` once per job, on the per-sample scores of the
+job's two sides (``samples.jsonl``: ``score`` and ``baseline.score``). The 95% interval is a percentile
+bootstrap of the mean difference (scipy); lmms-eval's own paired t-test adds its p-value, so the two
+agree on what "paired" means with lmms-eval's ``--baseline`` comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import bootstrap
+
+RESAMPLES = 10_000
+
+
+def paired_difference(pruned: list[float], unpruned: list[float], seed: int = 0) -> dict:
+    """Mean of ``pruned - unpruned`` with a 95% bootstrap interval and the paired t-test's p-value."""
+    from lmms_eval.api.metrics import paired_ttest
+
+    differences = np.asarray(pruned, dtype=float) - np.asarray(unpruned, dtype=float)
+    if len(differences) == 0:
+        return {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "p_value": None}
+    mean = float(differences.mean())
+    low = high = mean if len(differences) > 1 else None
+    if len(differences) > 1 and np.ptp(differences) > 0:
+        interval = bootstrap(
+            (differences,),
+            np.mean,
+            n_resamples=RESAMPLES,
+            confidence_level=0.95,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    p_value = paired_ttest(list(map(float, pruned)), list(map(float, unpruned)))["p_value"]
+    return {
+        "n": len(differences),
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": None if math.isnan(p_value) else float(p_value),
+    }
