@@ -26,4 +26,4 @@ reproduce-tables:
 	@echo "make reproduce-tables (the paper grid, tables and figures) is the next issue; nothing to run yet." && exit 1
 
 clean:
-	rm -rf $(VENV) checkpoints/tiny-llada-v tasks/data
+	rm -rf $(VENV) checkpoints/tiny-llada-v checkpoints/tiny-lavida-llada checkpoints/tiny-lavida-dream tasks/data

@@ -277,7 +277,7 @@ def generate(
     device = model.device
     timer = Timer(device)
     mask_id = model.mask_token_id
-    suppressed = torch.tensor(model.suppressed_token_ids, device=device)
+    suppressed = torch.tensor(model.suppressed_token_ids, dtype=torch.long, device=device)
     stop_sequences = [torch.tensor(model.encode_text(s), device=device) for s in settings.stop_strings]
     stop_sequences = [sequence for sequence in stop_sequences if len(sequence)]
     sizes = [end - start for start, end in prompt.visual_spans]
