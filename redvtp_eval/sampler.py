@@ -315,7 +315,9 @@ def generate(
             prune_now = not pruned and record.steps == pruner.prune_after_step
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
-                rows = sequence.response if cache else torch.cat([sequence.prompt_text(), sequence.response])
+                rows = (
+                    sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
+                )
                 probe = AttentionProbe(rows, sequence.visual())
 
             with timer("step"):
