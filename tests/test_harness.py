@@ -103,7 +103,6 @@ def test_a_sweep_over_two_ratios(tmp_path):
             ["model=lavida_llada", "model.path=/nowhere"],
             "huggingface-cli download jacklishufan/lavida-llada-v1.0-instruct",
         ),
-        (["model.family=llava"], "model family 'llava' is not one of llada_v, lavida_llada, lavida_dream"),
     ],
 )
 def test_bad_input_gives_a_message_not_a_traceback(tmp_path, overrides, message):

@@ -91,8 +91,8 @@ FAMILY_SETTINGS = {
     "lavida_dream": (lavida_dream_settings({"max_new_tokens": 16, "step_ratio": 0.5})[0], None),
 }
 """Per family, 16 tokens in 8 steps under the family's own rules (LaViDa: uniform / Dream's timestep rule)."""
-RESPONSE_QUERY_SETS = ("masked", "all_response", "decoded")
-"""The query sets that exist with the prefix cache, whose forwards query the response positions only."""
+RESPONSE_QUERY_SETS = ("masked", "decoded")
+"""Query sets that exist with the prefix cache, whose forwards query the response positions only."""
 CASES = [
     *[("llada_v", False, query_set) for query_set in QUERY_SETS],
     *[(family, False, query_set) for family in LAVIDA_FAMILIES for query_set in ("masked", "prompt+masked")],

@@ -10,6 +10,10 @@ so400m-patch14-384 tower stored already truncated to 26 layers; features are tak
 ``image_newline`` at every row end. The real checkpoint's ``config.json`` has no vision config (the
 official tower hard-codes it); the tiny checkpoints that ``make_tiny`` writes carry a ``vision_config``
 entry instead, and both go through the same code below.
+
+LaViDa (:mod:`redvtp_eval.models.lavida`) is the same network and runtime with other settings: a
+Qwen2-shaped text stack for its Dream backbone (:data:`TEXT_STACKS`), per-crop pooling
+(``crop_pool_stride``), plain ``anyres``, and its own prompt and decoding.
 """
 
 from __future__ import annotations
