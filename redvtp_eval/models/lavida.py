@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import LlamaConfig, PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2Tokenizer
 
 from redvtp_eval.models.checkpoint import CheckpointError, KeyMap, load_weights, read_config, resolve_checkpoint
 from redvtp_eval.models.llada_v import LladaV, LladaVConfig, build_network, check_attention, parse_dtype
@@ -120,6 +120,8 @@ class LavidaFamily:
     chat_template: str
     dropped_text: tuple[str, ...]
     shifted_logits: bool
+    tokenizer_class: type
+    """LLaDA's tokenizer ships as tokenizer.json; Dream's is Qwen2's BPE, which may ship as vocab.json + merges.txt."""
 
 
 LLADA = LavidaFamily(
@@ -131,6 +133,7 @@ LLADA = LavidaFamily(
     chat_template=LLADA_CHAT_TEMPLATE,
     dropped_text=(),
     shifted_logits=False,
+    tokenizer_class=PreTrainedTokenizerFast,
 )
 DREAM = LavidaFamily(
     name="LaViDa-Dream",
@@ -141,6 +144,7 @@ DREAM = LavidaFamily(
     chat_template=CHATML_CHAT_TEMPLATE,
     dropped_text=("<|im_end|>\n",),
     shifted_logits=True,
+    tokenizer_class=Qwen2Tokenizer,
 )
 
 
@@ -193,7 +197,7 @@ def load_lavida(
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
     network = build_network(config, torch_dtype, torch_device)
     load_weights(network, directory, torch_dtype, torch_device, family.key_map)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    tokenizer = family.tokenizer_class.from_pretrained(directory)
     network.truncate_vocab(len(tokenizer))
     return Lavida(network, tokenizer, family)
 
