@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -80,6 +81,23 @@ def test_strict_key_check_names_keys_as_the_checkpoint_spells_them(edited):
     path = edited("lavida_dream", lambda w: w.update(extra=w["model.norm.weight"].clone()))
     with pytest.raises(CheckpointError, match="unexpected 1 keys: extra"):
         load_lavida_dream(path, dtype="float32")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("image_aspect_ratio", "square", "only LaViDa's plain 'anyres'"),
+        ("mm_spatial_pool_mode", "average", "pool bilinearly"),
+        ("block_type", "sequential", "needs block_type='llama'"),
+    ],
+)
+def test_configs_it_cannot_run_are_refused(lavida_dirs, tmp_path, field, value, message):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(lavida_dirs["lavida_llada"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(CheckpointError, match=message):
+        load_lavida_llada(copy, dtype="float32")
 
 
 @pytest.mark.parametrize(

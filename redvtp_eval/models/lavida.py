@@ -152,6 +152,11 @@ def lavida_config(family: LavidaFamily, raw: dict, attn_implementation: str) -> 
     pool_mode = raw.get("mm_spatial_pool_mode", "bilinear")
     if pool_mode != "bilinear":
         raise CheckpointError(f"mm_spatial_pool_mode {pool_mode!r}: LaViDa's instruct checkpoints pool bilinearly")
+    aspect = raw.get("image_aspect_ratio", "anyres")
+    if aspect != "anyres":
+        raise CheckpointError(
+            f"image_aspect_ratio {aspect!r}: only LaViDa's plain 'anyres' tiling is implemented for one-image prompts"
+        )
     text = family.text_config(raw)
     return LladaVConfig.around(text, raw, attn_implementation, "anyres", PINPOINTS, CROP_POOL_STRIDE)
 
