@@ -28,4 +28,4 @@ reproduce-tables: install
 	$(PY) -m redvtp_eval.reproduce $(if $(SMOKE),--smoke) $(ARGS)
 
 clean:
-	rm -rf $(VENV) checkpoints/tiny-llada-v tasks/data
+	rm -rf $(VENV) checkpoints/tiny-llada-v checkpoints/tiny-lavida-llada checkpoints/tiny-lavida-dream tasks/data

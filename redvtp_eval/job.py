@@ -26,8 +26,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from redvtp_eval.environment import environment
+from redvtp_eval.families import FAMILIES
 from redvtp_eval.models.checkpoint import resolve_checkpoint
-from redvtp_eval.models.llada_v import HUB_ID
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.offline_tasks import TASKS_DIR, ensure_offline_tasks
 from redvtp_eval.pruners.base import check_ratio
@@ -66,10 +66,18 @@ def claim_directory(job_dir: Path, config: dict) -> None:
 
 def checkpoint_path(cfg: DictConfig) -> str:
     """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
+    if cfg.model.family not in FAMILIES:
+        raise JobError(f"model family {cfg.model.family!r} is not one of {', '.join(FAMILIES)}")
+    if cfg.model.family not in cfg.task.generation:
+        raise JobError(
+            f"task {cfg.task.name} has no generation settings for {cfg.model.family}; "
+            f"add generation.{cfg.model.family} to its configs/task file"
+        )
     local = Path(cfg.model.path).expanduser()
     if cfg.model.make_tiny and not (local / "config.json").exists():
-        make_tiny(local)
-    return str(resolve_checkpoint(local.resolve() if local.exists() else cfg.model.path, HUB_ID))
+        make_tiny(local, family=cfg.model.family)
+    hub_id = FAMILIES[cfg.model.family].hub_id
+    return str(resolve_checkpoint(local.resolve() if local.exists() else cfg.model.path, hub_id))
 
 
 def task_manager_for(cfg: DictConfig):
@@ -117,6 +125,7 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
         device = f"cuda:{local_rank}"
     args = {
         "pretrained": checkpoint,
+        "family": cfg.model.family,
         "pruner": cfg.pruner.name,
         "dtype": cfg.model.dtype,
         "device": device,

@@ -3,6 +3,9 @@
     lmms-eval --model redvtp_llada_v --include_path tasks --tasks redvtp_toy_docvqa \\
         --model_args pretrained=GSAI-ML/LLaDA-V,pruner=redvtp,ratio=0.5 \\
         --gen_kwargs gen_length=32,steps=16,block_length=32,think_mode=no_think
+    lmms-eval --model redvtp_llada_v --include_path tasks --tasks redvtp_toy_docvqa \\
+        --model_args family=lavida_llada,pruner=redvtp,ratio=0.5 \\
+        --gen_kwargs max_new_tokens=32,block_length=32,step_ratio=0.5,prefix_lm=False
 
 Where it sits: lmms-eval builds the requests and scores the answers; this adapter turns each request
 into ``model.prepare`` → ``generate`` and times it. lmms-eval finds it by name through the
@@ -13,11 +16,10 @@ Per request, with ``paired_baseline`` (default), the adapter also runs the unpru
 sample through the same code and timer, alternating which of the two goes first so that drift hits both
 alike; each sample's random stream (sampling, random pruning) is seeded from (seed, task, doc_id). With
 ``log_path``, every finished sample is appended to that JSONL file at once (answers, timings, token
-counts, failures) and a re-run skips the samples already there. Generation settings come from the
-task's ``gen_kwargs`` under LLaDA-V's names (``gen_length``, ``steps`` or ``gen_steps``, ``block_length``,
-``remasking``, ``temperature``, ``think_mode``, ``stopping_criteria``); absent, they default to the
-official wrapper's 2/2/2. ``<|eot_id|>`` always ends an answer; lmms-eval's ``until`` is ignored, as in the
-official wrapper.
+counts, failures) and a re-run skips the samples already there. ``family`` (``llada_v`` by default,
+``lavida_llada``, ``lavida_dream``) picks the loader and how the task's ``gen_kwargs`` are read: under that
+family's official names (:mod:`redvtp_eval.families`). lmms-eval's ``until`` is ignored, as in the
+official wrappers.
 """
 
 from __future__ import annotations
@@ -31,38 +33,24 @@ from PIL import UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
-from redvtp_eval.models.llada_v import PromptTooLongError, load_llada_v
+from redvtp_eval.families import family as model_family
+from redvtp_eval.models.llada_v import PromptTooLongError
 from redvtp_eval.pruners import Pruner, make_pruner
 from redvtp_eval.sampler import GenerationSettings, generate
 from redvtp_eval.samples_log import SamplesLog
 from redvtp_eval.timing import Timer
 
-END_OF_TURN = "<|eot_id|>"
 SAMPLE_ERRORS = (UnidentifiedImageError, DecompressionBombError, OSError, PromptTooLongError)
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
 
 
-def generation_settings(gen_kwargs: dict) -> tuple[GenerationSettings, str | None]:
-    """LLaDA-V's generation settings and think mode from a request's gen_kwargs."""
-    stops = gen_kwargs.get("stopping_criteria", [])
-    stops = [stops] if isinstance(stops, str) else list(stops)
-    settings = GenerationSettings(
-        gen_length=int(gen_kwargs.get("gen_length", 2)),
-        steps=int(gen_kwargs.get("steps", gen_kwargs.get("gen_steps", 2))),
-        block_length=int(gen_kwargs.get("block_length", 2)),
-        temperature=float(gen_kwargs.get("temperature", 0.0)),
-        remasking=gen_kwargs.get("remasking", "low_confidence"),
-        stop_strings=tuple(dict.fromkeys([*stops, END_OF_TURN])),
-    )
-    return settings, gen_kwargs.get("think_mode")
-
-
 class PrunedDiffusionVLM(lmms):
-    """LLaDA-V with a pruner, driven by lmms-eval; batch size 1 (the diffusion sampler's)."""
+    """A diffusion VLM of any registered family with a pruner, driven by lmms-eval; batch size 1 (the sampler's)."""
 
     def __init__(
         self,
-        pretrained: str = "GSAI-ML/LLaDA-V",
+        pretrained: str | None = None,
+        family: str = "llada_v",
         pruner: str = "redvtp",
         dtype: str = "bfloat16",
         device: str | None = None,
@@ -82,7 +70,10 @@ class PrunedDiffusionVLM(lmms):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.pruner = make_pruner(pruner, **pruner_options)
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
-        self.model = load_llada_v(pretrained, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        self.family = model_family(family)
+        self.model = self.family.load(
+            pretrained or self.family.hub_id, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
         self.device = torch.device(device)
         self.warmup = int(warmup)
         self.seed = int(seed)
@@ -115,6 +106,7 @@ class PrunedDiffusionVLM(lmms):
             "prune_s": record.seconds["prune"],
             "denoise_s": record.seconds["denoise"],
             "first_step_s": record.seconds["first_step"],
+            "prefill_s": record.seconds["prefill"],
             "steps": record.steps,
             "gen_length": settings.gen_length,
             "answer_tokens": record.answer_tokens,
@@ -128,7 +120,7 @@ class PrunedDiffusionVLM(lmms):
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
         entry = {"task": task, "doc_id": doc_id, "rank": self.rank, "prediction": "", "failed": None}
         try:
-            settings, think_mode = generation_settings(gen_kwargs)
+            settings, think_mode = self.family.settings(gen_kwargs)
             seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
             images = doc_to_visual(self.task_dict[task][split][doc_id])
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])

@@ -1,4 +1,4 @@
-"""The masked-diffusion sampler of LLaDA(-V), with a pruner hook between denoising steps.
+"""The masked-diffusion sampler of LLaDA-V and LaViDa, with a pruner hook between denoising steps.
 
 Where it sits: ``model.prepare(question, images)`` → :func:`generate` → text and a record. It never
 knows which harness or config system called it.
@@ -18,14 +18,33 @@ Two departures, both invisible in greedy outputs: logits are computed for the re
 stop strings the earliest occurrence of any of them wins (the official loop can miss a later string's
 earlier occurrence once one was found).
 
+LaViDa's settings are the same loop with other choices (one loop, settings decide): no suppressed tokens
+(the model reports none), no stop string, the per-block ``schedule`` (``uniform`` above, or LaViDa's
+``linear``/``shift``/``logit_normal``/``cosine`` curves, or Dream's ``dream`` timestep rule), the
+``remasking`` confidence (``low_confidence``, ``random``, ``margin`` = Dream's ``topk_margin``, ``entropy``),
+and the **prefix-KV cache** (``prefix_cache``): the prompt is run once (:meth:`prefill`), and every step
+runs only the response positions, which attend to the cached prompt keys/values; the prompt never
+attends to the response. A model with ``shifted_logits`` (Dream) takes its first answer token from the
+prompt pass when the cache is on, as the official code does.
+
 Pruning: after step ``pruner.prune_after_step`` (default 1) the pruner gets the still-masked positions
 and, if it asks, the step's attention from every non-visual position to the visual tokens; the visual
 tokens it does not keep are deleted from the sequence for the rest of the generation. Positions are
 renumbered 0..L'−1 (the official behaviour) unless the pruner keeps the original ones.
+
+Pruning with the prefix cache (beyond the paper): the step's forward has response queries only, so the
+attention recorded is the response rows' (over the full row: cached prompt keys and response keys);
+prompt-row query sets are not available. The pruned tokens' keys and values are dropped from the cache
+of every layer. Positions are then always the original ones: the cached keys carry the rotation of the
+positions they were computed at, and the cached prompt states were computed with every visual token
+present, so the cache minus some entries is exactly "the same prompt, attended to on a subset of its
+keys"; renumbering would re-rotate keys whose values stay those of the original positions, and
+recomputing the prompt would cost the prefill the cache exists to avoid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +55,10 @@ from redvtp_eval.models.base import DiffusionVLM, Prompt
 from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
 from redvtp_eval.timing import Timer
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+SCHEDULES = ("uniform", "linear", "shift", "logit_normal", "cosine", "dream")
+DREAM_EPS = 1e-3
+"""The last time of Dream's timestep grid ``linspace(1, eps, steps + 1)`` (its generation config's ``eps``)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,11 @@ class GenerationSettings:
     temperature: float = 0.0
     remasking: str = "low_confidence"
     stop_strings: tuple[str, ...] = ("<|eot_id|>",)
+    schedule: str = "uniform"
+    shift: float = 3.0
+    """The ``shift`` schedule's s (LaViDa's ``schedule__shift``)."""
+    prefix_cache: bool = False
+    """LaViDa's ``prefix_lm``: compute the prompt's keys/values once; response positions attend to them."""
 
     def __post_init__(self) -> None:
         if min(self.gen_length, self.steps, self.block_length) < 1:
@@ -59,16 +86,62 @@ class GenerationSettings:
             raise ValueError(f"remasking {self.remasking!r} is not one of {', '.join(REMASKING)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
 
     @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
 
 
-def transfer_schedule(masked: int, steps: int) -> list[int]:
-    """Tokens to unmask at each of ``steps`` steps for a block holding ``masked`` masks."""
-    base, remainder = divmod(masked, steps)
-    return [base + (1 if step < remainder else 0) for step in range(steps)]
+def transfer_schedule(masked: int, steps: int, schedule: str = "uniform", shift: float = 3.0) -> list[int]:
+    """Tokens to unmask at each of ``steps`` steps for a block holding ``masked`` masks (0 after the last)."""
+    if schedule == "uniform":
+        base, remainder = divmod(masked, steps)
+        return [base + (1 if step < remainder else 0) for step in range(steps)]
+    if schedule == "dream":
+        return _dream_schedule(masked, steps)
+    return _curve_schedule(masked, steps, schedule, shift)
+
+
+def _dream_schedule(masked: int, steps: int) -> list[int]:
+    """Dream's default: at step i of the grid t = linspace(1, eps, steps + 1), ``int(m·(1 − t[i+1]/t[i]))`` of
+    the m masks left, and all that remain at the last step (float32, as the official code)."""
+    times = torch.linspace(1, DREAM_EPS, steps + 1)
+    counts, left = [], masked
+    for step in range(steps):
+        count = left if step == steps - 1 else int(left * (1 - times[step + 1] / times[step]))
+        counts.append(count)
+        left -= count
+    return counts
+
+
+def _curve_schedule(masked: int, steps: int, schedule: str, shift: float) -> list[int]:
+    """LaViDa's ``get_num_transfer_tokens_sch``: floor(σ(t)·m) on t = linspace(0, 1, s + 1) with s = min(steps, m),
+    differences raised to at least 1, the excess taken back one token at a time from the front, then reversed."""
+    active = min(steps, masked)
+    if active == 0:
+        return [0] * steps
+    t = torch.linspace(0, 1, active + 1)
+    if schedule == "shift":
+        sigma = shift * t / (1 + (shift - 1) * t)
+    elif schedule == "logit_normal":
+        sigma = 0.5 * (1 + torch.erf(torch.log(t / (1 - t)) / math.sqrt(2.0)))
+    elif schedule == "cosine":
+        sigma = 1 - 0.5 * (1 + torch.cos(math.pi * t))
+    else:
+        sigma = t
+    counts = (sigma * masked).to(torch.int64).diff().clamp(min=1).tolist()
+    excess, index = sum(counts) - masked, 0
+    while excess > 0:
+        index %= len(counts)
+        if counts[index] > 1:
+            counts[index] -= 1
+            excess -= 1
+        index += 1
+    return counts[::-1] + [0] * (steps - active)
 
 
 @dataclass
@@ -126,8 +199,9 @@ class _Sequence:
         is_text[self.visual()] = False
         return is_text.nonzero().squeeze(1)
 
-    def keep(self, kept: list[Tensor], keep_positions: bool) -> None:
-        """Delete every visual token not in ``kept`` (per image, indices within its current span)."""
+    def keep(self, kept: list[Tensor], keep_positions: bool) -> Tensor:
+        """Delete every visual token not in ``kept`` (per image, indices within its current span); returns the
+        boolean mask of the prompt positions kept."""
         keep = torch.ones(self.prompt_length, dtype=torch.bool, device=self.embeds.device)
         for (start, end), indices in zip(self.spans, kept):
             keep[start:end] = False
@@ -145,6 +219,7 @@ class _Sequence:
             self.positions = torch.cat([self.positions[: len(keep)][keep], response_positions])
         else:
             self.positions = torch.arange(self.prompt_length + self.gen_length, device=self.embeds.device)
+        return keep
 
     def full_length_scores(self, scores: list[Tensor], sizes: list[int]) -> list[Tensor]:
         """Scores over the current visual tokens, placed at their original indices (NaN where pruned)."""
@@ -163,6 +238,19 @@ def _gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generato
     logits = logits.double()
     noise = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
     return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+
+
+def _confidence(logits: Tensor, x0: Tensor, remasking: str, generator: torch.Generator | None) -> Tensor:
+    """Per position, how sure the step is of x0 (float64): the higher, the earlier it is committed."""
+    if remasking == "random":
+        return torch.rand(len(x0), generator=generator, dtype=torch.float64, device=x0.device)
+    probs = torch.softmax(logits.double(), dim=-1)
+    if remasking == "low_confidence":
+        return probs.gather(1, x0[:, None]).squeeze(1)
+    if remasking == "margin":
+        top = probs.topk(2, dim=-1).values
+        return top[:, 0] - top[:, 1]
+    return (probs * torch.log(probs + 1e-10)).sum(dim=-1)
 
 
 def _first_stop(tokens: Tensor, stop_sequences: list[Tensor]) -> int | None:
@@ -189,7 +277,7 @@ def generate(
     device = model.device
     timer = Timer(device)
     mask_id = model.mask_token_id
-    suppressed = torch.tensor(model.suppressed_token_ids, device=device)
+    suppressed = torch.tensor(model.suppressed_token_ids, dtype=torch.long, device=device)
     stop_sequences = [torch.tensor(model.encode_text(s), device=device) for s in settings.stop_strings]
     stop_sequences = [sequence for sequence in stop_sequences if len(sequence)]
     sizes = [end - start for start, end in prompt.visual_spans]
@@ -204,12 +292,19 @@ def generate(
     steps_per_block = settings.steps // settings.num_blocks
     stop_at: int | None = None
     pruned = False
+    cache = None
+    if settings.prefix_cache:
+        with timer("prefill"):
+            cache, last_logits = model.prefill(prompt.embeds, sequence.positions[: sequence.prompt_length])
+            if model.shifted_logits:
+                tokens[0] = last_logits.argmax()
 
     for block in range(settings.num_blocks):
         lo, hi = block * settings.block_length, (block + 1) * settings.block_length
         if stop_at is not None and stop_at <= lo:
             break
-        schedule = transfer_schedule(int((tokens[lo:hi] == mask_id).sum()), steps_per_block)
+        masked_in_block = int((tokens[lo:hi] == mask_id).sum())
+        schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
         for block_step in range(steps_per_block):
             masked = tokens == mask_id
             if stop_at is not None and not masked[:stop_at].any():
@@ -220,18 +315,22 @@ def generate(
             prune_now = not pruned and record.steps == pruner.prune_after_step
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
-                rows = torch.cat([sequence.prompt_text(), sequence.response])
+                rows = (
+                    sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
+                )
                 probe = AttentionProbe(rows, sequence.visual())
 
             with timer("step"):
-                embeds = torch.cat([sequence.embeds, model.embed(tokens)])
-                logits = model.logits(embeds, sequence.positions, sequence.response, probe)
+                if cache is None:
+                    embeds = torch.cat([sequence.embeds, model.embed(tokens)])
+                    logits = model.logits(embeds, sequence.positions, sequence.response, probe)
+                else:
+                    response_positions = sequence.positions[sequence.prompt_length :]
+                    at = torch.arange(settings.gen_length, device=device)
+                    logits = model.logits(model.embed(tokens), response_positions, at, probe, cache)
                 logits[:, suppressed] = torch.where(masked[:, None], float("-inf"), logits[:, suppressed])
                 x0 = _gumbel_argmax(logits, settings.temperature, generator)
-                if settings.remasking == "low_confidence":
-                    confidence = torch.softmax(logits.double(), dim=-1).gather(1, x0[:, None]).squeeze(1)
-                else:
-                    confidence = torch.rand(len(tokens), generator=generator, dtype=torch.float64, device=device)
+                confidence = _confidence(logits, x0, settings.remasking, generator)
                 confidence[(stop_at if stop_at is not None else hi) :] = float("-inf")
                 confidence = torch.where(masked, confidence, float("-inf"))
                 count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
@@ -254,7 +353,11 @@ def generate(
                     decoded=chosen.sort().values + sequence.prompt_length,
                     response=sequence.response,
                     prompt_text=sequence.prompt_text(),
-                    attention=VisualAttention(probe, len(embeds)) if probe is not None else None,
+                    attention=(
+                        VisualAttention(probe, sequence.prompt_length + settings.gen_length)
+                        if probe is not None
+                        else None
+                    ),
                     generator=generator,
                 )
                 if pruner.record_scores:
@@ -264,7 +367,9 @@ def generate(
                     pruned = True
                     kept = pruner.select(context)
                     if kept is not None:
-                        sequence.keep(kept, pruner.keep_positions)
+                        prompt_kept = sequence.keep(kept, pruner.keep_positions or cache is not None)
+                        if cache is not None:
+                            cache.keep(prompt_kept)
                         record.pruned_after_step = record.steps
                         record.kept_visual = [index.tolist() for index in sequence.original_index]
                         record.visual_tokens_after = sum(len(index) for index in kept)
@@ -273,6 +378,7 @@ def generate(
     record.seconds["denoise"] = sum(record.step_seconds)
     record.seconds["first_step"] = record.step_seconds[0] if record.step_seconds else 0.0
     record.seconds["prune"] = timer.seconds.get("prune", 0.0)
+    record.seconds["prefill"] = timer.seconds.get("prefill", 0.0)
     token_ids = tokens[:stop_at].tolist() if stop_at is not None else tokens.tolist()
     record.answer_tokens = sum(token not in model.special_token_ids for token in token_ids)
     return Generation(text=model.decode(token_ids), token_ids=token_ids, record=record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from redvtp_eval.lmms_adapter import generation_settings
+from redvtp_eval.families import llada_v_settings
 from redvtp_eval.models import anyres
 from redvtp_eval.models.llada_v import LladaV
 from redvtp_eval.offline_tasks import task_generation, task_prompt
@@ -39,7 +39,7 @@ def answer_tokens(model: LladaV, sample: ToySample) -> set[int]:
 def answer_region_kept(model: LladaV, sample: ToySample, pruner: Pruner, seed: int = 0) -> float:
     """Fraction of the answer region's visual tokens that ``pruner`` keeps when the free-answer question is asked
     (1.0 when it prunes nothing). ``seed`` seeds the generation's random stream (random pruning draws from it)."""
-    settings, think_mode = generation_settings(task_generation(TASK))
+    settings, think_mode = llada_v_settings(task_generation(TASK))
     prompt = model.prepare(task_prompt(TASK, {"question": sample.question}), [sample.image], think_mode)
     generator = torch.Generator(model.device).manual_seed(seed)
     record = generate(model, prompt, settings, pruner, generator).record

@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from redvtp_eval.environment import environment
-from redvtp_eval.lmms_adapter import generation_settings
+from redvtp_eval.families import llada_v_settings
 from redvtp_eval.models.llada_v import LladaV, LladaVConfig, LladaVNetwork, load_llada_v
 from redvtp_eval.models.make_tiny import TINY_CONFIG, build_tokenizer, save_checkpoint
 from redvtp_eval.offline_tasks import TASKS, held_out, task_generation, task_prompt
@@ -158,7 +158,7 @@ def held_out_values(runtime: LladaV, size: int) -> dict[str, list[float]]:
     batches = Batches(runtime, seed=0)
     scores = {}
     for name in TASKS:
-        settings, think_mode = generation_settings(batches.generation[name])
+        settings, think_mode = llada_v_settings(batches.generation[name])
         values = []
         for index in range(size):
             sample = held_out(name, index)

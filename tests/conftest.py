@@ -21,3 +21,25 @@ def tiny(tiny_dir) -> LladaV:
 @pytest.fixture(scope="session")
 def tiny_eager(tiny_dir) -> LladaV:
     return load_llada_v(tiny_dir, dtype="float32", attn_implementation="eager")
+
+
+LAVIDA_FAMILIES = ("lavida_llada", "lavida_dream")
+
+
+@pytest.fixture(scope="session")
+def lavida_dirs(tmp_path_factory) -> dict:
+    return {family: make_tiny(tmp_path_factory.mktemp(f"tiny-{family}"), family=family) for family in LAVIDA_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def lavida_models(lavida_dirs) -> dict:
+    """Per LaViDa family, the tiny model on SDPA and on eager attention (for naive references)."""
+    from redvtp_eval.families import FAMILIES
+
+    return {
+        family: tuple(
+            FAMILIES[family].load(path, dtype="float32", attn_implementation=attention)
+            for attention in ("sdpa", "eager")
+        )
+        for family, path in lavida_dirs.items()
+    }

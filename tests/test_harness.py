@@ -99,6 +99,10 @@ def test_a_sweep_over_two_ratios(tmp_path):
         (["ratio=0"], "error: ratio is the fraction of visual tokens kept and must lie in (0, 1], got 0"),
         (["ratio=1.5"], "must lie in (0, 1], got 1.5"),
         (["model.path=/nowhere/LLaDA-V", "model.make_tiny=false"], "huggingface-cli download GSAI-ML/LLaDA-V"),
+        (
+            ["model=lavida_llada", "model.path=/nowhere"],
+            "huggingface-cli download jacklishufan/lavida-llada-v1.0-instruct",
+        ),
     ],
 )
 def test_bad_input_gives_a_message_not_a_traceback(tmp_path, overrides, message):
@@ -135,3 +139,18 @@ def test_a_job_that_raises_leaves_failed_json_and_no_metrics(tmp_path, monkeypat
     assert failure["error"] == "RuntimeError: CUDA out of memory"
     assert "out_of_memory" in failure["traceback"]
     assert not (tmp_path / "job" / "metrics.json").exists()
+
+
+def test_a_lavida_job_runs_end_to_end(tmp_path):
+    """The tiny LaViDa-LLaDA (random weights: its answers are noise) through the same job as LLaDA-V. A 384×192
+    toy page takes the 1×2 pinpoint: 196 pooled base tokens + 8 un-padded rows of 14 tiles and a newline."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", "model=tiny_lavida_llada", f"model.path={tmp_path / 'tiny'}", "limit=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = lines(job / "samples.jsonl")
+    assert [s["visual_tokens_before"] for s in samples] == [196 + 8 * 15] * 2
+    assert all(s["visual_tokens_after"] == 158 and s["baseline"]["visual_tokens_after"] == 316 for s in samples)
+    config = (job / "config.yaml").read_text()
+    assert "family: lavida_llada" in config and "step_ratio: 0.5" in config
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["samples"] == 2 and metrics["failed"] == 0

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from helpers import page  # noqa: E402
 
-from redvtp_eval.lmms_adapter import generation_settings  # noqa: E402
+from redvtp_eval.families import llada_v_settings  # noqa: E402
 from redvtp_eval.paper_figures import (  # noqa: E402
     cosine_to_first,
     draw_kept_tokens,
@@ -25,7 +25,7 @@ from redvtp_eval.pruners import make_pruner  # noqa: E402
 from redvtp_eval.sampler import GenerationSettings, generate  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SETTINGS, _ = generation_settings({"gen_length": 8, "steps": 4, "block_length": 8})
+SETTINGS, _ = llada_v_settings({"gen_length": 8, "steps": 4, "block_length": 8})
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25])

@@ -109,7 +109,9 @@ def test_sampling_with_temperature_is_reproducible_from_a_seed(tiny):
     [
         ({"gen_length": 32, "block_length": 5}, "not a multiple of block_length"),
         ({"gen_length": 32, "block_length": 8, "steps": 6}, "cannot be split evenly over 4 blocks"),
-        ({"remasking": "entropy"}, "remasking 'entropy'"),
+        ({"remasking": "entrophy"}, "remasking 'entrophy'"),
+        ({"schedule": "sqrt"}, "schedule 'sqrt' is not one of uniform"),
+        ({"shift": 0}, "shift must be > 0"),
         ({"steps": 0}, "must be positive"),
     ],
 )

@@ -12,6 +12,9 @@ visual tokens that a pruner sees:
 3. after the projector, lay the tile features out as one map, cut the padding off again, shrink the map
    bilinearly when ``sqrt(h·w / (max_crops·unit²)) > 1.1`` (``anyres_max_N``), and append the
    ``image_newline`` vector at the end of every row.
+
+LaViDa uses plain ``anyres`` (no shrinking) over five pinpoints, and first pools every crop's feature map
+bilinearly to half its side (:func:`bilinear_pool`, 27×27 → 14×14), so ``unit`` is 14 there.
 """
 
 from __future__ import annotations
@@ -86,6 +89,15 @@ def unpad(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
     new_w = int(width * (cur_h / height))
     pad = (cur_w - new_w) // 2
     return feature_map[:, :, pad : cur_w - pad]
+
+
+def bilinear_pool(features: Tensor, stride: int) -> Tensor:
+    """(crops, unit², C) → (crops, ceil(unit/stride)², C): LaViDa's per-crop ``get_2dPool`` in its bilinear mode."""
+    crops, tokens, channels = features.shape
+    unit = math.isqrt(tokens)
+    grid = features.view(crops, unit, unit, channels).permute(0, 3, 1, 2)
+    pooled = F.interpolate(grid, size=[math.ceil(unit / stride)] * 2, mode="bilinear")
+    return pooled.permute(0, 2, 3, 1).reshape(crops, -1, channels)
 
 
 def pack_anyres_features(

@@ -28,7 +28,9 @@ PROBED = "probed_{}"
 class AttentionProbe:
     """Collects, for chosen query rows, head-averaged attention to chosen key columns, summed over layers.
 
-    ``rows`` and ``cols`` are positions in the sequence of the forward that carries the probe. Batch size 1.
+    ``rows`` and ``cols`` are positions in the sequence (prompt, then response). Batch size 1. In a forward
+    over the response only, against a prefix cache, the queries are the last ``len(query)`` positions of the
+    keys, so a row's query index is its position minus the cached length.
     """
 
     def __init__(self, rows: Tensor, cols: Tensor) -> None:
@@ -38,8 +40,8 @@ class AttentionProbe:
         self.layers = 0
 
     def record(self, query: Tensor, key: Tensor, scaling: float) -> None:
-        """query: (1, H, T, D) and key: (1, H_kv, T, D), both after RoPE."""
-        q = query[0, :, self.rows].float()
+        """query: (1, H, T_q, D) and key: (1, H_kv, T_k, D), both after RoPE; the queries are the last T_q keys."""
+        q = query[0, :, self.rows - (key.shape[2] - query.shape[2])].float()
         k = key[0].float().repeat_interleave(query.shape[1] // key.shape[1], dim=0)
         probs = torch.softmax(q @ k.transpose(-1, -2) * scaling, dim=-1)
         part = probs[:, :, self.cols].mean(dim=0)

@@ -8,6 +8,8 @@ that is not there fails with the command that fetches it.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +47,36 @@ def resolve_checkpoint(name_or_path: str | Path, hub_id: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class KeyMap:
+    """Renames between a checkpoint's parameter names and the module's, by ordered regex rules.
+
+    One module class can then load checkpoints that name the same tensors differently (the original
+    OLMo-style LLaDA names of LaViDa, the HF-Llama names of LLaDA-V). Rules are (checkpoint, module) pairs
+    of patterns with ``{i}`` for a layer index; names no rule matches are the same on both sides.
+    """
+
+    rules: tuple[tuple[str, str], ...]
+
+    @staticmethod
+    def _rename(name: str, rules: list[tuple[str, str]]) -> str:
+        for source, target in rules:
+            pattern = "^" + re.escape(source).replace(r"\{i\}", r"(\d+)") + "$"
+            match = re.match(pattern, name)
+            if match:
+                return target.replace("{i}", match.group(1)) if match.groups() else target
+        return name
+
+    def to_module(self, name: str) -> str:
+        return self._rename(name, list(self.rules))
+
+    def to_checkpoint(self, name: str) -> str:
+        return self._rename(name, [(target, source) for source, target in self.rules])
+
+
+IDENTITY = KeyMap(())
+
+
 def read_config(path: Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
@@ -55,18 +87,20 @@ def _describe(keys: set[str], limit: int = 12) -> str:
     return ", ".join(shown) + more
 
 
-def load_weights(module: nn.Module, path: Path, dtype: torch.dtype, device: torch.device) -> None:
-    """Copy every tensor of the checkpoint into ``module``; the two key sets must be equal.
+def load_weights(
+    module: nn.Module, path: Path, dtype: torch.dtype, device: torch.device, key_map: KeyMap = IDENTITY
+) -> None:
+    """Copy every tensor of the checkpoint into ``module``; the two key sets must be equal after ``key_map``.
 
     The check runs on the file headers before any tensor is read, so a wrong checkpoint fails in
-    seconds and the message names the missing and unexpected keys.
+    seconds and the message names the missing and unexpected keys, as the checkpoint names them.
     """
     files = sorted(path.glob("*.safetensors"))
     on_disk: dict[str, Path] = {}
     for file in files:
         with safe_open(file, framework="pt") as handle:
             on_disk.update(dict.fromkeys(handle.keys(), file))
-    expected = set(module.state_dict().keys())
+    expected = {key_map.to_checkpoint(key) for key in module.state_dict()}
     missing, unexpected = expected - set(on_disk), set(on_disk) - expected
     if missing or unexpected:
         parts = [f"checkpoint {path} does not match {type(module).__name__}:"]
@@ -80,7 +114,7 @@ def load_weights(module: nn.Module, path: Path, dtype: torch.dtype, device: torc
         with safe_open(file, framework="pt", device=str(device)) as handle:
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                target = params[key]
+                target = params[key_map.to_module(key)]
                 if tensor.shape != target.shape:
                     raise CheckpointError(
                         f"{key} in {file.name} has shape {tuple(tensor.shape)}, the architecture expects "

@@ -10,6 +10,10 @@ so400m-patch14-384 tower stored already truncated to 26 layers; features are tak
 ``image_newline`` at every row end. The real checkpoint's ``config.json`` has no vision config (the
 official tower hard-codes it); the tiny checkpoints that ``make_tiny`` writes carry a ``vision_config``
 entry instead, and both go through the same code below.
+
+LaViDa (:mod:`redvtp_eval.models.lavida`) is the same network and runtime with other settings: a
+Qwen2-shaped text stack for its Dream backbone (:data:`TEXT_STACKS`), per-crop pooling
+(``crop_pool_stride``), plain ``anyres``, and its own prompt and decoding.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import (
     LlamaConfig,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
@@ -29,12 +34,14 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from redvtp_eval.models import anyres
 from redvtp_eval.models.attention import PROBED, AttentionProbe
 from redvtp_eval.models.base import Prompt
 from redvtp_eval.models.checkpoint import CheckpointError, load_weights, read_config, resolve_checkpoint
+from redvtp_eval.models.prefix_cache import PrefixCache
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER, render_chat, splice_image_tokens, user_message
 from redvtp_eval.timing import Timer
 
@@ -75,24 +82,42 @@ SUPPRESSED_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", 
 
 @dataclass
 class LladaVConfig:
-    text: LlamaConfig
+    """A LLaVA-shaped diffusion VLM: a text stack (Llama- or Qwen2-shaped), SigLIP, projector and AnyRes layout."""
+
+    text: PretrainedConfig
     vision: SiglipVisionConfig
     mm_hidden_size: int
     image_aspect_ratio: str
     image_grid_pinpoints: list[tuple[int, int]]
     mm_patch_merge_type: str
     max_prompt_tokens: int | None
+    crop_pool_stride: int | None = None
+    """LaViDa pools every AnyRes crop's feature map bilinearly by this stride (27×27 → 14×14); None: no pooling."""
 
     @classmethod
     def from_dict(cls, raw: dict, attn_implementation: str) -> LladaVConfig:
-        if raw.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-            raise CheckpointError(f"mm_projector_type {raw['mm_projector_type']!r} is not LLaDA-V's mlp2x_gelu")
         text = LlamaConfig(
             **{key: raw[key] for key in TEXT_FIELDS if key in raw},
             attention_bias=False,
             mlp_bias=False,
             tie_word_embeddings=False,
         )
+        return cls.around(text, raw, attn_implementation, "anyres_max_4", TRAINING_PINPOINTS)
+
+    @classmethod
+    def around(
+        cls,
+        text: PretrainedConfig,
+        raw: dict,
+        attn_implementation: str,
+        image_aspect_ratio: str,
+        pinpoints: str | list,
+        crop_pool_stride: int | None = None,
+    ) -> LladaVConfig:
+        """The vision side read from a LLaVA-style ``raw`` config around a given text config; the defaults are
+        the family's training values, used when config.json does not state them."""
+        if raw.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+            raise CheckpointError(f"mm_projector_type {raw['mm_projector_type']!r} is not the expected mlp2x_gelu")
         text._attn_implementation = PROBED.format(attn_implementation)
         vision = SiglipVisionConfig(**raw.get("vision_config", SIGLIP_SO400M_26_LAYERS), vision_use_head=False)
         vision._attn_implementation = attn_implementation
@@ -100,12 +125,11 @@ class LladaVConfig:
             text=text,
             vision=vision,
             mm_hidden_size=raw.get("mm_hidden_size", vision.hidden_size),
-            image_aspect_ratio=raw.get("image_aspect_ratio", "anyres_max_4"),
-            image_grid_pinpoints=anyres.parse_pinpoints(
-                raw.get("image_grid_pinpoints", TRAINING_PINPOINTS), vision.image_size
-            ),
+            image_aspect_ratio=raw.get("image_aspect_ratio", image_aspect_ratio),
+            image_grid_pinpoints=anyres.parse_pinpoints(raw.get("image_grid_pinpoints", pinpoints), vision.image_size),
             mm_patch_merge_type=raw.get("mm_patch_merge_type", "spatial_unpad"),
             max_prompt_tokens=raw.get("tokenizer_model_max_length"),
+            crop_pool_stride=crop_pool_stride,
         )
 
 
@@ -122,16 +146,25 @@ class SiglipTower(nn.Module):
         return siglip.encoder(inputs_embeds=siglip.embeddings(pixel_values)).last_hidden_state
 
 
+TEXT_STACKS = {
+    "llama": (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding),
+    "qwen2": (Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding),
+}
+"""Decoder layer, norm and RoPE per text config type: LLaDA is Llama-shaped, Dream is Qwen2-shaped (GQA,
+q/k/v biases). Both keep the HF parameter names, so one backbone module serves every family."""
+
+
 class LladaVBackbone(nn.Module):
     def __init__(self, config: LladaVConfig) -> None:
         super().__init__()
         text = config.text
+        layer_class, norm_class, rotary_class = TEXT_STACKS[text.model_type]
         self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(text, index) for index in range(text.num_hidden_layers))
+        self.layers = nn.ModuleList(layer_class(text, index) for index in range(text.num_hidden_layers))
         for layer in self.layers:
             layer.self_attn.is_causal = False
-        self.norm = LlamaRMSNorm(text.hidden_size, eps=text.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(text)
+        self.norm = norm_class(text.hidden_size, eps=text.rms_norm_eps)
+        self.rotary_emb = rotary_class(text)
         self.vision_tower = SiglipTower(config.vision)
         self.mm_projector = nn.Sequential(
             nn.Linear(config.mm_hidden_size, text.hidden_size), nn.GELU(), nn.Linear(text.hidden_size, text.hidden_size)
@@ -151,13 +184,21 @@ class LladaVNetwork(nn.Module):
     def encode_crops(self, pixel_values: Tensor) -> Tensor:
         return self.model.mm_projector(self.model.vision_tower(pixel_values))
 
-    def hidden_states(self, embeds: Tensor, position_ids: Tensor, probe: AttentionProbe | None) -> Tensor:
-        """Bidirectional pass over (1, L, d) embeddings at explicit positions (1, L)."""
+    def hidden_states(
+        self, embeds: Tensor, position_ids: Tensor, probe: AttentionProbe | None, cache: PrefixCache | None = None
+    ) -> Tensor:
+        """Bidirectional pass over (1, L, d) embeddings at explicit positions (1, L); with a prefix cache, the
+        L positions also attend to the cached prompt (or, while it fills, are the prompt)."""
         rope = self.model.rotary_emb(embeds, position_ids)
         hidden = embeds
         for layer in self.model.layers:
             hidden = layer(
-                hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rope, probe=probe
+                hidden,
+                attention_mask=None,
+                position_ids=position_ids,
+                past_key_values=cache,
+                position_embeddings=rope,
+                probe=probe,
             )
         return self.model.norm(hidden)
 
@@ -185,14 +226,19 @@ class PromptTooLongError(ValueError):
 class LladaV:
     """LLaDA-V at inference: tokenizer, image processing, prompt construction and the network."""
 
+    mask_token = MASK_TOKEN
+    suppressed_tokens = SUPPRESSED_TOKENS
+    shifted_logits = False
+    """True for AR-initialised backbones (Dream): position i is predicted by the output at position i − 1."""
+
     def __init__(self, network: LladaVNetwork, tokenizer: PreTrainedTokenizerBase) -> None:
         self.network = network
         self.tokenizer = tokenizer
         self.config = network.config
         self.device = network.lm_head.weight.device
         self.dtype = network.lm_head.weight.dtype
-        self.mask_token_id = self._token_id(MASK_TOKEN)
-        self.suppressed_token_ids = tuple(self._token_id(token) for token in SUPPRESSED_TOKENS)
+        self.mask_token_id = self._token_id(self.mask_token)
+        self.suppressed_token_ids = tuple(self._token_id(token) for token in self.suppressed_tokens)
         self.special_token_ids = frozenset(
             token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special
         )
@@ -203,16 +249,19 @@ class LladaV:
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise CheckpointError(f"the tokenizer has no {token} token: is this a LLaDA tokenizer?")
+            raise CheckpointError(f"the tokenizer has no {token} token: is it the checkpoint's own tokenizer?")
         return token_id
 
     def prompt_ids(self, question: str, num_images: int, think_mode: str | None = None) -> list[int]:
         """Token ids of the full chat prompt, one :data:`IMAGE_PLACEHOLDER` per image."""
-        prompt = render_chat(self.tokenizer, user_message(question, num_images, think_mode))
-        ids = splice_image_tokens(prompt, self.tokenizer)
+        ids = splice_image_tokens(self.render(user_message(question, num_images, think_mode)), self.tokenizer)
         if ids.count(IMAGE_PLACEHOLDER) != num_images:
             raise ValueError(f"the question holds {ids.count(IMAGE_PLACEHOLDER) - num_images} extra <image> tags")
         return ids
+
+    def render(self, user: str) -> str:
+        """The chat prompt around one user turn: LLaDA-V renders with the checkpoint's own template."""
+        return render_chat(self.tokenizer, user)
 
     def image_crops(self, images: list[Image.Image]) -> tuple[Tensor, CropLayout]:
         """Pixel crops of the images, and how their features are laid out again.
@@ -236,6 +285,8 @@ class LladaV:
         """Projected crop features (crops, patches, d) → one (N, d) block of visual tokens per image."""
         if layout.grid is None:
             return list(features)
+        if self.config.crop_pool_stride:
+            features = anyres.bilinear_pool(features, self.config.crop_pool_stride)
         newline = self.network.model.image_newline
         return [anyres.pack_anyres_features(features, layout.size, layout.grid, newline, self.max_crops)]
 
@@ -273,9 +324,26 @@ class LladaV:
         return self.network.model.embed_tokens(token_ids)
 
     @torch.no_grad()
-    def logits(self, embeds: Tensor, position_ids: Tensor, at: Tensor, probe: AttentionProbe | None = None) -> Tensor:
-        hidden = self.network.hidden_states(embeds[None], position_ids[None], probe)
+    def logits(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        at: Tensor,
+        probe: AttentionProbe | None = None,
+        cache: PrefixCache | None = None,
+    ) -> Tensor:
+        hidden = self.network.hidden_states(embeds[None], position_ids[None], probe, cache)
+        if self.shifted_logits:
+            at = (at - 1).clamp(min=0)
         return self.network.lm_head(hidden[0, at]).float()
+
+    @torch.no_grad()
+    def prefill(self, embeds: Tensor, position_ids: Tensor) -> tuple[PrefixCache, Tensor]:
+        """The prompt's keys and values, and the logits (vocab,) at its last position (Dream's first answer token)."""
+        cache = PrefixCache()
+        hidden = self.network.hidden_states(embeds[None], position_ids[None], None, cache)
+        cache.close()
+        return cache, self.network.lm_head(hidden[0, -1]).float()
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -316,6 +384,11 @@ def build_network(config: LladaVConfig, dtype: torch.dtype, device: torch.device
         torch.set_default_dtype(default)
 
 
+def check_attention(attn_implementation: str) -> None:
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+
+
 def load_llada_v(
     path: str | Path = HUB_ID,
     dtype: str = "bfloat16",
@@ -323,8 +396,7 @@ def load_llada_v(
     attn_implementation: str = "sdpa",
 ) -> LladaV:
     """Load the official checkpoint (hub id in the local cache, or a directory), or a tiny one of the same layout."""
-    if attn_implementation not in ("sdpa", "eager"):
-        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+    check_attention(attn_implementation)
     directory = resolve_checkpoint(path, HUB_ID)
     config = LladaVConfig.from_dict(read_config(directory), attn_implementation)
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)

@@ -16,7 +16,31 @@ SYSTEM_PROMPT = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the "
     "user provides, and assist the user with a variety of tasks using natural language."
 )
-"""System prompt of LLaDA-V's ``llava_llada`` conversation template."""
+"""System prompt of LLaDA-V's ``llava_llada`` conversation template, and of LaViDa's ``llada`` and ``dream``."""
+
+LLADA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}"
+    "{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+"""LLaDA's chat rendering (LLaDA-V's tokenizer and ``GSAI-ML/LLaDA-8B-Instruct``, which LaViDa's ``llada``
+conversation renders with): BOS before the first turn, the assistant header appended."""
+
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""Qwen-style ChatML, as ``Dream-org/Dream-v0-Instruct-7B`` renders the turns that LaViDa's ``dream``
+conversation passes it (always with a system turn here, so the default system line never appears)."""
 
 
 def user_message(question: str, num_images: int, think_mode: str | None = None) -> str:
@@ -34,10 +58,15 @@ def user_message(question: str, num_images: int, think_mode: str | None = None) 
     return text
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str = SYSTEM_PROMPT) -> str:
-    """System and user turns rendered by the checkpoint's own chat template, ending with the assistant header."""
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, user: str, system: str = SYSTEM_PROMPT, chat_template: str | None = None
+) -> str:
+    """System and user turns, ending with the assistant header, rendered by ``chat_template`` or, without one,
+    the checkpoint's own template (LLaDA-V's ``llava_llada`` conversation renders with the latter)."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
 
 
 def splice_image_tokens(prompt: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:

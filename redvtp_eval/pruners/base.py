@@ -34,7 +34,10 @@ class VisualAttention:
     def __call__(self, queries: Tensor) -> Tensor:
         rows = self._row_of[queries]
         if (rows < 0).any():
-            raise ValueError("visual attention was recorded for non-visual query rows only")
+            raise ValueError(
+                "no attention was recorded for some query positions: rows are the non-visual positions of the "
+                "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
+            )
         return self._mean[rows]
 
 
