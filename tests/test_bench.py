@@ -109,6 +109,7 @@ def tiny_report(tmp_path_factory):
         f"ratios=[{','.join(map(str, RATIOS))}]",
         f"runs={RUNS}",
         "warmup=1",
+        "profile=true",
         f"results_dir={out}",
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -131,6 +132,13 @@ def test_report_is_written_as_json_and_markdown_per_device(tiny_report):
     table = path.with_suffix(".md").read_text()
     for ratio in RATIOS:
         assert f"| {ratio:g} | 1485 → {kept_count(1485, ratio)} |" in table
+
+
+def test_profile_tables_of_one_unpruned_and_one_pruned_run(tiny_report):
+    _, path = tiny_report
+    text = path.with_name("mcq_tiny_redvtp_profile.txt").read_text()
+    assert "## unpruned (redvtp, ratio 0.25)" in text and "## pruned (redvtp, ratio 0.25)" in text
+    assert "scaled_dot_product" in text
 
 
 def test_token_counts_and_sequence_lengths_follow_the_ratio(tiny_report):

@@ -24,23 +24,25 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from redvtp_eval.bench.flops import step_flops, vision_flops
+from redvtp_eval.bench.profile import operator_tables
 from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
 from redvtp_eval.bench.workload import architecture, make_workload, random_llada_v
 from redvtp_eval.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
+from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import check_ratio
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-SCORING_RATIO = 0.25
-"""RedVTP's ratio in the scoring-step comparison (it only sets top-k's k)."""
+GOAL_RATIO = 0.25
+"""The ratio of the benchmark's goal (DocVQA, r = 0.25): the scoring-step comparison's top-k and the profile use it."""
 
 
 def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
-    plain = {key: cfg[key] for key in ("ratios", "warmup", "runs", "scoring", "seed")}
+    plain = {key: cfg[key] for key in ("ratios", "warmup", "runs", "scoring", "profile", "seed")}
     return OmegaConf.to_container(
         OmegaConf.create(
             {
@@ -85,7 +87,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     speed_results = speed(
         workload, config["pruner"]["name"], options, config["ratios"], config["warmup"], config["runs"], config["seed"]
     )
-    scoring_result = scoring(workload, SCORING_RATIO, config["warmup"], config["runs"]) if config["scoring"] else None
+    scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if config["scoring"] else None
     load_after = os.getloadavg()
     first = speed_results[0]["baseline"]
     length = first["sequence_length_before"]
@@ -111,6 +113,9 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     }
     stem = f"{shape['name']}_{size['name']}_{config['pruner']['name']}"
     path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
+    if config["profile"]:
+        pruner = make_pruner(config["pruner"]["name"], ratio=GOAL_RATIO, **options)
+        path.with_name(f"{stem}_profile.txt").write_text(operator_tables(workload, pruner, config["seed"]))
     return report, path
 
 
