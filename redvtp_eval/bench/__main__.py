@@ -82,6 +82,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         raw, parse_dtype(model_config["dtype"]), device, model_config["attn_implementation"], config["seed"]
     )
     workload = make_workload(model, shape, config["seed"])
+    facts = environment(device)
     load_before = os.getloadavg()
     options = {key: value for key, value in config["pruner"].items() if key != "name"}
     speed_results = speed(
@@ -94,7 +95,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     report = {
         "command": command,
         "config": config,
-        "environment": environment(device),
+        "environment": facts,
         "load_average": {"start": load_before, "end": load_after},
         "architecture": raw,
         "shape": {
