@@ -19,7 +19,7 @@ def operator_tables(workload: Workload, pruner: Pruner, seed: int) -> str:
     """Operators sorted by their own device time (CPU time on the CPU), top 30, for each of the two runs."""
     cuda = workload.model.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     sections = []
     for label, run_pruner in (("unpruned", Pruner(prune_after_step=pruner.prune_after_step)), ("pruned", pruner)):
         with profile(activities=activities) as profiler:
