@@ -34,11 +34,11 @@ from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
 from redvtp_eval.families import family as model_family
+from redvtp_eval.measurement import generation_fields, measure
 from redvtp_eval.models.llada_v import PromptTooLongError
 from redvtp_eval.pruners import Pruner, make_pruner
 from redvtp_eval.sampler import GenerationSettings, generate
 from redvtp_eval.samples_log import SamplesLog
-from redvtp_eval.timing import Timer
 
 SAMPLE_ERRORS = (UnidentifiedImageError, DecompressionBombError, OSError, PromptTooLongError)
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
@@ -88,33 +88,13 @@ class PrunedDiffusionVLM(lmms):
         pruner: Pruner,
         seed: int,
     ) -> dict:
-        """One end-to-end generation (prompt + vision encoder + denoising), timed on a synchronised device."""
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        timer = Timer(self.device)
+        """One end-to-end generation (prompt + vision encoder + denoising), timed on the device."""
         generator = torch.Generator(self.device).manual_seed(seed)
-        with timer("latency"):
-            prompt = self.model.prepare(context, images, think_mode)
-            result = generate(self.model, prompt, settings, pruner, generator)
-        record = result.record
-        return {
-            "prediction": result.text,
-            "latency_s": timer.seconds["latency"],
-            "preprocess_s": record.seconds["preprocess"],
-            "vision_s": record.seconds["vision"],
-            "prune_s": record.seconds["prune"],
-            "denoise_s": record.seconds["denoise"],
-            "first_step_s": record.seconds["first_step"],
-            "prefill_s": record.seconds["prefill"],
-            "steps": record.steps,
-            "gen_length": settings.gen_length,
-            "answer_tokens": record.answer_tokens,
-            "prompt_tokens": record.prompt_tokens,
-            "visual_tokens_before": record.visual_tokens_before,
-            "visual_tokens_after": record.visual_tokens_after,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None,
-        }
+        run = measure(
+            self.device,
+            lambda: generate(self.model, self.model.prepare(context, images, think_mode), settings, pruner, generator),
+        )
+        return generation_fields(run, settings)
 
     def _sample(self, request: Instance, position: int, warm: bool) -> dict:
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args

@@ -1,7 +1,9 @@
-"""Interval timing that waits for the device, so that queued GPU work lands inside the interval it belongs to.
+"""Interval timing that counts the device's work, so that queued GPU kernels land inside the interval they belong to.
 
-Where it sits: the model times its vision encoder with it and the sampler times each denoising step.
-CPU work is timed with ``perf_counter``; on CUDA the device is synchronised at both ends of an interval.
+Where it sits: the model times its vision encoder with it, the sampler each denoising step, and
+:func:`redvtp_eval.measurement.measure` whole generations. On CUDA an interval is the time between two
+CUDA events recorded on the current stream, read once the closing event has completed; CPU work is
+timed with ``perf_counter``.
 """
 
 from __future__ import annotations
@@ -17,19 +19,27 @@ class Timer:
     """Accumulates seconds per name: ``with timer("vision"): ...`` adds the interval to ``timer.seconds["vision"]``."""
 
     def __init__(self, device: torch.device | str) -> None:
-        self._cuda = torch.device(device).type == "cuda"
+        device = torch.device(device)
+        self._stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         self.seconds: dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
+        if self._stream is None:
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._add(name, time.perf_counter() - start)
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(self._stream)
         try:
             yield
         finally:
-            self._sync()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            end.record(self._stream)
+            end.synchronize()
+            self._add(name, start.elapsed_time(end) / 1000)
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds

@@ -1,89 +1,77 @@
-"""What RedVTP's scoring costs on the first denoising step, next to the official way of getting the scores.
+"""What RedVTP's scoring costs on the scoring step, next to the official way of getting the scores.
 
-    python -m redvtp_eval.bench.scoring --size cpu --repeats 5            # reduced size, runs on a laptop CPU
-    python -m redvtp_eval.bench.scoring --size llada-v --device cuda --dtype bfloat16
+Where it sits: part of ``python -m redvtp_eval.bench`` (``scoring=true``), on the same workload and
+model as the end-to-end runs.
 
-Where it sits: a benchmark of the engine, outside the harness; results go to ``results/bench/``.
-
-Three first steps on the same synthetic DocVQA-shaped sequence (47 system tokens, an 800×600 page's
-3627 visual tokens, 30 question tokens, 32 masks), random weights (timing does not depend on them):
-``plain`` — the unpruned step; ``probed`` — the same step on SDPA with the attention probe, plus the
-RedVTP score and top-k; ``official`` — eager attention keeping each layer's head-averaged T×T map, then
-averaging them, as the official code does. Each is timed ``repeats`` times after one warm-up, with the
-device synchronised; medians and raw lists are written.
+Three versions of the first denoising step over the workload's full sequence (prompt + ``gen_length``
+masks), each ending with logits at the response positions as the sampler computes them:
+``plain`` — the unpruned step on SDPA; ``probed`` — the same step with the attention probe, then
+RedVTP's score and top-k (what the sampler does); ``official`` — the official code's way: eager
+attention returning each layer's head-averaged T×T map, the maps kept and averaged over layers, then the
+score of the still-masked rows and top-k. Time and peak memory of each, interleaved.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 
-from redvtp_eval.environment import environment
-from redvtp_eval.models.attention import AttentionProbe
-from redvtp_eval.models.llada_v import LladaVConfig, build_network, parse_dtype
-from redvtp_eval.models.make_tiny import TINY_CONFIG
+from redvtp_eval.bench.runs import alternate
+from redvtp_eval.bench.workload import Workload
+from redvtp_eval.measurement import measure
+from redvtp_eval.models.attention import PROBED, AttentionProbe
+from redvtp_eval.models.llada_v import LladaV
 from redvtp_eval.pruners import PruneContext, VisualAttention, make_pruner
-from redvtp_eval.timing import Timer
+from redvtp_eval.pruners.base import kept_count
+from redvtp_eval.sampler import transfer_schedule
+from redvtp_eval.summary import distribution
 
-LLADA_V_TEXT = {
-    "hidden_size": 4096,
-    "intermediate_size": 12288,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 126464,
-}
-SIZES = {
-    "llada-v": LLADA_V_TEXT,
-    "cpu": {
-        **LLADA_V_TEXT,
-        "hidden_size": 512,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 8,
-    },
-    "tiny": {},
-}
-SHAPE = {"system": 47, "visual": 3627, "question": 30, "gen_length": 32}
+VARIANTS = ("plain", "probed", "official")
 
 
-def run(size: str, device: str, dtype: str, repeats: int) -> dict:
-    torch_device, torch_dtype = torch.device(device), parse_dtype(dtype)
-    raw = {**TINY_CONFIG, **SIZES[size]}
-    networks = {
-        attention: build_network(LladaVConfig.from_dict(raw, attention), torch_dtype, torch_device)
-        for attention in ("sdpa", "eager")
-    }
-    generator = torch.Generator(device=torch_device).manual_seed(0)
-    for parameter in networks["sdpa"].parameters():
-        parameter.data.normal_(0.0, 0.02, generator=generator)
-    networks["eager"].load_state_dict(networks["sdpa"].state_dict())
+@contextmanager
+def eager_attention(model: LladaV) -> Iterator[None]:
+    """Switch the language model's layers to eager attention (they read the setting on every forward)."""
+    text = model.config.text
+    previous = text._attn_implementation
+    text._attn_implementation = PROBED.format("eager")
+    try:
+        yield
+    finally:
+        text._attn_implementation = previous
 
-    length = sum(SHAPE.values())
-    embeds = torch.randn(1, length, raw["hidden_size"], device=torch_device, dtype=torch_dtype, generator=generator)
-    positions = torch.arange(length, device=torch_device)[None]
-    start, end = SHAPE["system"], SHAPE["system"] + SHAPE["visual"]
-    visual = torch.arange(start, end, device=torch_device)
-    response = torch.arange(length - SHAPE["gen_length"], length, device=torch_device)
-    prompt_text = torch.cat([torch.arange(0, start), torch.arange(end, response[0])]).to(torch_device)
-    pruner = make_pruner("redvtp", ratio=0.25)
+
+def scoring_steps(workload: Workload, ratio: float) -> tuple[dict[str, Callable[[], None]], int]:
+    """The three versions of the scoring step on one prepared prompt, and the sequence length they run on."""
+    model, settings = workload.model, workload.settings
+    device = model.device
+    prompt = workload.prompt()
+    ((start, end),) = prompt.visual_spans
+    length = len(prompt.embeds) + settings.gen_length
+    masks = torch.full((settings.gen_length,), model.mask_token_id, device=device)
+    embeds = torch.cat([prompt.embeds, model.embed(masks)])
+    positions = torch.arange(length, device=device)
+    response = positions[len(prompt.embeds) :]
+    visual = positions[start:end]
+    prompt_text = torch.cat([positions[:start], positions[end : len(prompt.embeds)]])
+    decoded = transfer_schedule(settings.block_length, settings.steps // settings.num_blocks)[0]
+    masked = response[decoded:]
+    pruner = make_pruner("redvtp", ratio=ratio)
 
     def plain() -> None:
-        networks["sdpa"].hidden_states(embeds, positions, None)
+        model.logits(embeds, positions, response)
 
     def probed() -> None:
         probe = AttentionProbe(torch.cat([prompt_text, response]), visual)
-        networks["sdpa"].hidden_states(embeds, positions, probe)
+        model.logits(embeds, positions, response, probe)
         context = PruneContext(
             step=1,
             visual_spans=[(start, end)],
-            masked=response[2:],
-            decoded=response[:2],
+            masked=masked,
+            decoded=response[:decoded],
             response=response,
             prompt_text=prompt_text,
             attention=VisualAttention(probe, length),
@@ -94,66 +82,42 @@ def run(size: str, device: str, dtype: str, repeats: int) -> dict:
         maps = []
         hooks = [
             layer.self_attn.register_forward_hook(lambda module, args, output: maps.append(output[1][0].mean(dim=0)))
-            for layer in networks["eager"].model.layers
+            for layer in model.network.model.layers
         ]
-        networks["eager"].hidden_states(embeds, positions, None)
-        for hook in hooks:
-            hook.remove()
-        scores = torch.stack(maps).mean(dim=0)[response[2:]][:, start:end].mean(dim=0)
-        torch.topk(scores, int(len(scores) * 0.25))
+        try:
+            with eager_attention(model):
+                model.logits(embeds, positions, response)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        scores = torch.stack(maps).mean(dim=0)[masked][:, start:end].mean(dim=0)
+        torch.topk(scores, kept_count(len(scores), ratio)).indices.sort()
 
-    timer = Timer(torch_device)
+    return {"plain": plain, "probed": probed, "official": official}, length
+
+
+def _timed(device: torch.device, step: Callable[[], None]) -> dict:
+    run = measure(device, step)
+    return {"seconds": run.seconds, "peak_memory_gib": run.peak_memory_gib}
+
+
+def scoring(workload: Workload, ratio: float, warmup: int, runs: int) -> dict:
+    device = workload.model.device
+    steps, length = scoring_steps(workload, ratio)
+    measured, order = alternate({name: partial(_timed, device, steps[name]) for name in VARIANTS}, warmup, runs)
     results = {}
-    with torch.no_grad():
-        for name, step in {"plain": plain, "probed": probed, "official": official}.items():
-            step()
-            seconds, peaks = [], []
-            for _ in range(repeats):
-                if torch_device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(torch_device)
-                with timer(name):
-                    step()
-                seconds.append(timer.seconds.pop(name))
-                if torch_device.type == "cuda":
-                    peaks.append(torch.cuda.max_memory_allocated(torch_device) / 2**30)
-            results[name] = {
-                "median_s": statistics.median(seconds),
-                "seconds": seconds,
-                "peak_gib": max(peaks, default=None),
-            }
-    plain_s = results["plain"]["median_s"]
+    for name in VARIANTS:
+        peaks = [run["peak_memory_gib"] for run in measured[name] if run["peak_memory_gib"] is not None]
+        results[name] = {
+            "seconds": distribution([run["seconds"] for run in measured[name]]),
+            "peak_memory_gib": max(peaks, default=None),
+        }
+    plain = results["plain"]["seconds"]["p50"]
     return {
-        "size": size,
-        "text_config": {key: raw[key] for key in LLADA_V_TEXT},
-        "dtype": dtype,
-        "shape": SHAPE,
+        "ratio": ratio,
         "sequence_length": length,
-        "repeats": repeats,
-        "environment": environment(torch_device),
         "steps": results,
-        "probed_overhead": results["probed"]["median_s"] / plain_s - 1,
-        "official_overhead": results["official"]["median_s"] / plain_s - 1,
+        "order": order,
+        "probed_overhead_p50": results["probed"]["seconds"]["p50"] / plain - 1,
+        "official_overhead_p50": results["official"]["seconds"]["p50"] / plain - 1,
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=list(SIZES), default="cpu")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
-    args = parser.parse_args()
-    report = run(args.size, args.device, args.dtype, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"scoring_overhead_{args.size}_{torch.device(args.device).type}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    for name, step in report["steps"].items():
-        print(f"{name:<9} median {step['median_s']:.4f}s  peak {step['peak_gib']} GiB")
-    overhead, official = report["probed_overhead"], report["official_overhead"]
-    print(f"scoring overhead on the first step: {overhead:+.1%} (official approach {official:+.1%})")
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -307,10 +307,14 @@ class LladaV:
             raise PromptTooLongError(f"prompt has {len(embeds)} tokens, the model's limit is {limit}")
         return embeds, spans
 
-    @torch.no_grad()
     def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt:
+        return self.prepare_ids(self.prompt_ids(question, len(images), think_mode), images)
+
+    @torch.no_grad()
+    def prepare_ids(self, ids: list[int], images: list[Image.Image]) -> Prompt:
+        """The prompt from token ids holding one :data:`IMAGE_PLACEHOLDER` per image: image preprocessing,
+        vision encoder and splice. The speed benchmark enters here with synthetic ids of a workload's length."""
         timer = Timer(self.device)
-        ids = self.prompt_ids(question, len(images), think_mode)
         visual = []
         if images:
             with timer("preprocess"):

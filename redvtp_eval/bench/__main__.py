@@ -1,0 +1,136 @@
+"""python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|mcq] [pruner=redvtp|random]
+
+    python -m redvtp_eval.bench                                   # H100/H200: LLaDA-V size, bf16, DocVQA shape
+    python -m redvtp_eval.bench bench_shape=mcq
+    python -m redvtp_eval.bench model=tiny bench_size=cpu         # reduced size on the CPU
+    python -m redvtp_eval.bench model=tiny bench_size=tiny runs=2 warmup=0 'ratios=[1.0,0.25]'
+
+The speed benchmark (Hydra, ``configs/bench.yaml``): LLaDA-V with random weights at the chosen size,
+one synthetic request of the chosen shape, the evaluation's engine with the chosen pruner at every
+ratio in ``ratios`` against the unpruned model, the FLOP model's bound, and (``scoring=true``) the
+scoring step against the official way. Of the model group only ``dtype``, ``device`` and
+``attn_implementation`` are read: nothing is loaded or downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from redvtp_eval.bench.flops import step_flops, vision_flops
+from redvtp_eval.bench.profile import operator_tables
+from redvtp_eval.bench.report import device_directory, markdown, write
+from redvtp_eval.bench.scoring import scoring
+from redvtp_eval.bench.speed import speed
+from redvtp_eval.bench.workload import architecture, make_workload, random_llada_v
+from redvtp_eval.environment import environment
+from redvtp_eval.models.llada_v import parse_dtype
+from redvtp_eval.pruners import make_pruner
+from redvtp_eval.pruners.base import check_ratio
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+GOAL_RATIO = 0.25
+"""The ratio of the benchmark's goal (DocVQA, r = 0.25): the scoring-step comparison's top-k and the profile use it."""
+
+
+def bench_config(cfg: DictConfig) -> dict:
+    """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
+    pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
+    plain = {key: cfg[key] for key in ("ratios", "warmup", "runs", "scoring", "profile", "seed")}
+    return OmegaConf.to_container(
+        OmegaConf.create(
+            {
+                "model": {key: cfg.model[key] for key in ("dtype", "device", "attn_implementation")},
+                "bench_size": cfg.bench_size,
+                "bench_shape": cfg.bench_shape,
+                "pruner": pruner,
+                **plain,
+            }
+        ),
+        resolve=True,
+    )
+
+
+def check(config: dict) -> None:
+    if config["pruner"]["name"] == "none":
+        raise ValueError(
+            "the benchmark compares a pruner with the unpruned model: choose pruner=redvtp or pruner=random"
+        )
+    for ratio in config["ratios"]:
+        check_ratio(ratio)
+    if config["runs"] < 1 or config["warmup"] < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={config['runs']} warmup={config['warmup']}")
+    device = torch.device(config["model"]["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device is cuda but no CUDA device is visible; on a CPU use model=tiny bench_size=cpu")
+
+
+def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
+    """Build the workload, run every measurement, write the report; returns it and the JSON path."""
+    config = bench_config(cfg)
+    check(config)
+    size, shape, model_config = config["bench_size"], config["bench_shape"], config["model"]
+    device = torch.device(model_config["device"])
+    raw = architecture(size["text"], size["vision"])
+    model = random_llada_v(
+        raw, parse_dtype(model_config["dtype"]), device, model_config["attn_implementation"], config["seed"]
+    )
+    workload = make_workload(model, shape, config["seed"])
+    facts = environment(device)
+    load_before = os.getloadavg()
+    options = {key: value for key, value in config["pruner"].items() if key != "name"}
+    speed_results = speed(
+        workload, config["pruner"]["name"], options, config["ratios"], config["warmup"], config["runs"], config["seed"]
+    )
+    scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if config["scoring"] else None
+    load_after = os.getloadavg()
+    first = speed_results[0]["baseline"]
+    length = first["sequence_length_before"]
+    report = {
+        "command": command,
+        "config": config,
+        "environment": facts,
+        "load_average": {"start": load_before, "end": load_after},
+        "architecture": raw,
+        "shape": {
+            **shape,
+            "visual_tokens": speed_results[0]["visual_tokens"][0],
+            "crops": workload.crops,
+            "prompt_tokens": first["prompt_tokens"],
+            "sequence_length": length,
+        },
+        "flops": {
+            "vision": vision_flops(model.config, workload.crops),
+            "step_unpruned": step_flops(model.config.text, length, shape["gen_length"]),
+        },
+        "speed": speed_results,
+        "scoring": scoring_result,
+    }
+    stem = f"{shape['name']}_{size['name']}_{config['pruner']['name']}"
+    path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
+    if config["profile"]:
+        pruner = make_pruner(config["pruner"]["name"], ratio=GOAL_RATIO, **options)
+        path.with_name(f"{stem}_profile.txt").write_text(operator_tables(workload, pruner, config["seed"]))
+    return report, path
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
+def main(cfg: DictConfig) -> None:
+    command = " ".join(["python -m redvtp_eval.bench", *HydraConfig.get().overrides.task])
+    try:
+        report, path = run_bench(cfg, command)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown(report))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The speed benchmark's report: where it is written, and its Markdown tables.
+
+Where it sits: ``python -m redvtp_eval.bench`` writes ``<results_dir>/<device>/<shape>_<size>_<pruner>.json``
+(configuration, environment, FLOP model, every run's raw numbers) and the ``.md`` tables next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+def device_directory(results_dir: str | Path, device_name: str) -> Path:
+    """``results/bench/nvidia-h100-80gb-hbm3``: one folder per device, named after it."""
+    return Path(results_dir) / re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+
+
+def _num(value: float | None, spec: str = ".4g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _pair(a: float | None, b: float | None, spec: str = ".4g") -> str:
+    return f"{_num(a, spec)} / {_num(b, spec)}"
+
+
+def speed_table(report: dict) -> list[str]:
+    lines = [
+        "| r | visual tokens | sequence | latency p50 (p90) s, unpruned | latency p50 (p90) s, pruned | speed-up "
+        "| FLOP bound | achieved / bound | tok/s (gen_length) unpruned → pruned | peak GiB unpruned / pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["speed"]:
+        base, pruned = row["baseline"], row["pruned"]
+        lines.append(
+            f"| {row['ratio']:g} | {row['visual_tokens'][0]} → {row['visual_tokens'][1]} "
+            f"| {row['sequence_length'][0]} → {row['sequence_length'][1]} "
+            f"| {_num(base['latency_s']['p50'])} ({_num(base['latency_s']['p90'])}) "
+            f"| {_num(pruned['latency_s']['p50'])} ({_num(pruned['latency_s']['p90'])}) "
+            f"| {_num(row['speedup_p50'], '.2f')}× | {row['ideal']['speedup']:.2f}× "
+            f"| {_num(row['achieved_over_ideal'], '.0%')} "
+            f"| {_num(base['tokens_per_s_gen_length'], '.3g')} → {_num(pruned['tokens_per_s_gen_length'], '.3g')} "
+            f"| {_pair(base['peak_memory_gib'], pruned['peak_memory_gib'], '.3g')} |"
+        )
+    return lines
+
+
+def step_table(report: dict) -> list[str]:
+    lines = [
+        "| r | preprocess s | vision s | scoring step s, unpruned / pruned | scoring overhead "
+        "| step after pruning s, unpruned / pruned | step speed-up | FLOP bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["speed"]:
+        base, pruned = row["baseline"], row["pruned"]
+        lines.append(
+            f"| {row['ratio']:g} | {_num(pruned['preprocess_s']['p50'])} | {_num(pruned['vision_s']['p50'])} "
+            f"| {_pair(base['scoring_step_s']['p50'], pruned['scoring_step_s']['p50'])} "
+            f"| {_num(row['scoring_overhead_p50'], '+.1%')} "
+            f"| {_pair(base['after_prune_step_s']['p50'], pruned['after_prune_step_s']['p50'])} "
+            f"| {_num(row['step_speedup_p50'], '.2f')}× | {row['ideal']['step_speedup']:.2f}× |"
+        )
+    return lines
+
+
+def scoring_table(scoring: dict) -> list[str]:
+    lines = ["| scoring step | p50 s | p90 s | vs plain (p50) | peak GiB |", "|---|---|---|---|---|"]
+    plain = scoring["steps"]["plain"]["seconds"]["p50"]
+    labels = {
+        "plain": "plain (SDPA, unpruned)",
+        "probed": "probed (SDPA + probe rows + RedVTP top-k)",
+        "official": "official (eager, per-layer T×T maps averaged)",
+    }
+    for name, step in scoring["steps"].items():
+        seconds = step["seconds"]
+        lines.append(
+            f"| {labels[name]} | {_num(seconds['p50'])} | {_num(seconds['p90'])} "
+            f"| {_num(seconds['p50'] / plain - 1, '+.1%') if name != 'plain' else '—'} "
+            f"| {_num(step['peak_memory_gib'], '.3g')} |"
+        )
+    return lines
+
+
+def markdown(report: dict) -> str:
+    config, shape, env = report["config"], report["shape"], report["environment"]
+    runs = config["runs"]
+    lines = [
+        f"# Speed: {config['pruner']['name']} vs unpruned — `{config['bench_shape']['name']}` shape, "
+        f"`{config['bench_size']['name']}` size, {env['device']}, {config['model']['dtype']}",
+        "",
+        f"`{report['command']}` at commit `{env['commit']}`{' (dirty)' if env['dirty'] else ''}; "
+        f"torch {env['libraries']['torch']}, {env['cpu_threads']} CPU threads; 1-minute load average "
+        f"{report['load_average']['start'][0]:.1f} at the start, {report['load_average']['end'][0]:.1f} at the end.",
+        f"Random weights; {shape['visual_tokens']} visual tokens ({shape['crops']} crops of "
+        f"{shape['image_size'][0]}×{shape['image_size'][1]}), {shape['prompt_tokens']} prompt tokens, "
+        f"gen_length {shape['gen_length']}, {shape['steps']} steps, block {shape['block_length']}; every run does "
+        f"every step. {config['warmup']} warm-up + {runs} measured rounds per ratio, unpruned and pruned alternating.",
+        "",
+        "## End to end",
+        "",
+        *speed_table(report),
+        "",
+        "## Inside a generation (p50)",
+        "",
+        *step_table(report),
+    ]
+    if report["scoring"]:
+        lines += [
+            "",
+            f"## Scoring step against the official way (T = {report['scoring']['sequence_length']}, "
+            f"r = {report['scoring']['ratio']:g})",
+            "",
+            *scoring_table(report["scoring"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, directory: Path, stem: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    (directory / f"{stem}.md").write_text(markdown(report))
+    return path

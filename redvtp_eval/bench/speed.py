@@ -1,0 +1,130 @@
+"""End-to-end speed of a pruner against the unpruned model, per retention ratio, next to the FLOP model's bound.
+
+Where it sits: ``python -m redvtp_eval.bench`` runs :func:`speed` on a :class:`~redvtp_eval.bench.workload.Workload`.
+
+Each run is one call of the evaluation's engine, timed like an evaluation sample (see
+:mod:`redvtp_eval.measurement`): ``latency`` = preprocessing + vision encoder + splice + every
+denoising step + pruning. Per ratio, the unpruned baseline and the pruner run in alternating rounds.
+Besides the sample fields, a run keeps every step's seconds and two derived times: the scoring step
+(the step after which the pruner is called, plus the pruning itself) and the mean step after pruning.
+"""
+
+from __future__ import annotations
+
+import statistics
+from functools import partial
+
+import torch
+
+from redvtp_eval.bench.flops import generation_flops, step_flops
+from redvtp_eval.bench.runs import alternate
+from redvtp_eval.bench.workload import Workload
+from redvtp_eval.measurement import generation_fields, measure
+from redvtp_eval.pruners import Pruner, make_pruner
+from redvtp_eval.sampler import generate
+from redvtp_eval.summary import distribution, side
+
+STEP_TIMINGS = ("scoring_step_s", "after_prune_step_s")
+
+
+def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
+    model = workload.model
+    generator = torch.Generator(model.device).manual_seed(seed)
+    run = measure(model.device, lambda: generate(model, workload.prompt(), workload.settings, pruner, generator))
+    fields = generation_fields(run, workload.settings)
+    del fields["prediction"]
+    steps = run.value.record.step_seconds
+    scoring = pruner.prune_after_step
+    return {
+        **fields,
+        "sequence_length_before": fields["prompt_tokens"] + workload.settings.gen_length,
+        "sequence_length_after": fields["prompt_tokens"]
+        + workload.settings.gen_length
+        - fields["visual_tokens_before"]
+        + fields["visual_tokens_after"],
+        "step_s": steps,
+        "scoring_step_s": steps[scoring - 1] + fields["prune_s"] if len(steps) >= scoring else None,
+        "after_prune_step_s": statistics.fmean(steps[scoring:]) if len(steps) > scoring else None,
+    }
+
+
+def _side(runs: list[dict]) -> dict:
+    timings = {name: distribution([run[name] for run in runs if run[name] is not None]) for name in STEP_TIMINGS}
+    counts = (
+        "prompt_tokens",
+        "visual_tokens_before",
+        "visual_tokens_after",
+        "sequence_length_before",
+        "sequence_length_after",
+    )
+    lengths = {key: runs[0][key] for key in counts}
+    summary = {key: value for key, value in side(runs, None).items() if key != "score"}
+    return {**summary, **timings, **lengths, "runs": runs}
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
+    """The FLOP model's speed-ups for this ratio: whole generation (what latency can gain) and one later step."""
+    config, settings = workload.model.config, workload.settings
+    before, after = pruned["sequence_length_before"], pruned["sequence_length_after"]
+    rows = before - pruned["visual_tokens_before"] if pruner.needs_attention else 0
+    common = {"crops": workload.crops, "steps": settings.steps, "logit_positions": settings.gen_length}
+    unpruned = generation_flops(config, length=before, length_after=before, **common)
+    with_pruning = generation_flops(
+        config,
+        length=before,
+        length_after=after,
+        prune_after_step=pruner.prune_after_step,
+        probe_rows=rows,
+        **common,
+    )
+    step = partial(step_flops, config.text, logit_positions=settings.gen_length)
+    return {
+        "generation_flops_baseline": unpruned,
+        "generation_flops_pruned": with_pruning,
+        "speedup": unpruned / with_pruning,
+        "step_speedup": step(before)["total"] / step(after)["total"],
+    }
+
+
+def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, list[dict]], order: list[str]) -> dict:
+    baseline, pruned = _side(runs["baseline"]), _side(runs["pruned"])
+    bound = ideal(workload, pruner, pruned)
+    speedup = _ratio(baseline["latency_s"]["p50"], pruned["latency_s"]["p50"])
+    step_speedup = _ratio(baseline["after_prune_step_s"]["p50"], pruned["after_prune_step_s"]["p50"])
+    scoring = _ratio(pruned["scoring_step_s"]["p50"], baseline["scoring_step_s"]["p50"])
+    return {
+        "ratio": ratio,
+        "visual_tokens": [pruned["visual_tokens_before"], pruned["visual_tokens_after"]],
+        "sequence_length": [pruned["sequence_length_before"], pruned["sequence_length_after"]],
+        "speedup_p50": speedup,
+        "throughput_gain": _ratio(pruned["tokens_per_s_gen_length"], baseline["tokens_per_s_gen_length"]),
+        "latency_reduction_p50": 1 - 1 / speedup if speedup else None,
+        "step_speedup_p50": step_speedup,
+        "scoring_overhead_p50": scoring - 1 if scoring is not None else None,
+        "ideal": bound,
+        "achieved_over_ideal": _ratio(speedup, bound["speedup"]),
+        "step_achieved_over_ideal": _ratio(step_speedup, bound["step_speedup"]),
+        "order": order,
+        "baseline": baseline,
+        "pruned": pruned,
+    }
+
+
+def speed(
+    workload: Workload, pruner_name: str, options: dict, ratios: list[float], warmup: int, runs: int, seed: int
+) -> list[dict]:
+    """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first."""
+    results = []
+    for ratio in ratios:
+        pruner = make_pruner(pruner_name, ratio=ratio, **options)
+        variants = {
+            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed),
+            "pruned": partial(one_run, workload, pruner, seed),
+        }
+        measured, order = alternate(variants, warmup, runs)
+        results.append(compare(workload, pruner, ratio, measured, order))
+    return results
