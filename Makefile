@@ -22,7 +22,7 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-# The paper's grid (LLaDA-V x ratios x six benchmarks), then results/tables and results/figures. SMOKE=1: the same
+# The paper's grid (LLaDA-V and LaViDa x ratios x six benchmarks), then results/tables and results/figures. SMOKE=1: the same
 # pipeline on the toy model and the offline toy tasks (CPU, minutes). ARGS: Hydra overrides for every job.
 reproduce-tables: install
 	$(PY) -m redvtp_eval.reproduce $(if $(SMOKE),--smoke) $(ARGS)

@@ -28,6 +28,7 @@ from redvtp_eval.sampler import GenerationSettings, generate
 
 
 def token_regions(model: LladaV, image: Image.Image) -> list:
+    """The image region each visual token of a one-image LLaDA-V prompt covers (None: a newline token)."""
     vision = model.config.vision
     return anyres.token_boxes(
         image.size, model.config.image_grid_pinpoints, vision.image_size, vision.patch_size, model.max_crops

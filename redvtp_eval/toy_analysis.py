@@ -4,7 +4,7 @@ Where it sits: the toy report and the tests call :func:`answer_region_kept` on h
 it runs the engine directly (model + pruner + sampler), since lmms-eval never sees token positions.
 
 A visual token belongs to the answer region when the image area it covers (base view or tile map,
-:func:`~redvtp_eval.models.anyres.token_boxes`) overlaps the box that holds the answer.
+:func:`~redvtp_eval.paper_figures.token_regions`) overlaps the box that holds the answer.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from redvtp_eval.families import llada_v_settings
-from redvtp_eval.models import anyres
 from redvtp_eval.models.llada_v import LladaV
 from redvtp_eval.offline_tasks import task_generation, task_prompt
+from redvtp_eval.paper_figures import token_regions
 from redvtp_eval.pruners import Pruner
 from redvtp_eval.sampler import generate
 from redvtp_eval.toy_task import ToySample
@@ -24,10 +24,7 @@ TASK = "redvtp_toy_docvqa"
 
 def answer_tokens(model: LladaV, sample: ToySample) -> set[int]:
     """Indices (within the image's visual tokens) of the tokens that cover the answer box."""
-    vision = model.config.vision
-    boxes = anyres.token_boxes(
-        sample.image.size, model.config.image_grid_pinpoints, vision.image_size, vision.patch_size, model.max_crops
-    )
+    boxes = token_regions(model, sample.image)
     left, top, right, bottom = sample.answer_box
     return {
         index

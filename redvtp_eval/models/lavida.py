@@ -28,7 +28,14 @@ import torch
 from transformers import LlamaConfig, PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2Tokenizer
 
 from redvtp_eval.models.checkpoint import CheckpointError, KeyMap, load_weights, read_config, resolve_checkpoint
-from redvtp_eval.models.llada_v import LladaV, LladaVConfig, build_network, check_attention, parse_dtype
+from redvtp_eval.models.llada_v import (
+    TEXT_FIELDS,
+    LladaV,
+    LladaVConfig,
+    build_network,
+    check_attention,
+    parse_dtype,
+)
 from redvtp_eval.models.prompt import CHATML_CHAT_TEMPLATE, LLADA_CHAT_TEMPLATE, render_chat
 
 LLADA_HUB_ID = "jacklishufan/lavida-llada-v1.0-instruct"
@@ -85,26 +92,12 @@ def llada_text_config(raw: dict) -> LlamaConfig:
     )
 
 
-DREAM_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "rope_theta",
-    "hidden_act",
-)
-
-
 def dream_text_config(raw: dict) -> Qwen2Config:
     """Dream's config fields as the Qwen2 config of the same network (full attention, untied head)."""
     if raw.get("tie_word_embeddings"):
         raise CheckpointError("config.json has tie_word_embeddings=true; LaViDa-Dream's head is untied")
     return Qwen2Config(
-        **{key: raw[key] for key in DREAM_FIELDS if key in raw}, tie_word_embeddings=False, use_sliding_window=False
+        **{key: raw[key] for key in TEXT_FIELDS if key in raw}, tie_word_embeddings=False, use_sliding_window=False
     )
 
 
