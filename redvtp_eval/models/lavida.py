@@ -85,6 +85,18 @@ def llada_text_config(raw: dict) -> LlamaConfig:
     )
 
 
+OLMO_TEXT_FIELDS = {
+    "hidden_size": "d_model",
+    "intermediate_size": "mlp_hidden_size",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "vocab_size": "embedding_size",
+}
+"""Llama dimension → the OLMo field :func:`llada_text_config` reads it from (``embedding_size`` wins over
+``vocab_size``); the tiny-checkpoint generator and the speed benchmark write dimensions through it."""
+
+
 DREAM_FIELDS = (
     "vocab_size",
     "hidden_size",
