@@ -154,6 +154,9 @@ class GenerationRecord:
     steps: int = 0
     unmasked_per_step: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
+    step_forward: list[tuple[int, int]] = field(default_factory=list)
+    """Per step, (query rows, key positions) of its forward: the whole sequence, or with the prefix cache
+    the response rows against the cached prompt and the response."""
     seconds: dict[str, float] = field(default_factory=dict)
     pruned_after_step: int | None = None
     kept_visual: list[list[int]] | None = None
@@ -324,10 +327,12 @@ def generate(
                 if cache is None:
                     embeds = torch.cat([sequence.embeds, model.embed(tokens)])
                     logits = model.logits(embeds, sequence.positions, sequence.response, probe)
+                    record.step_forward.append((len(embeds), len(embeds)))
                 else:
                     response_positions = sequence.positions[sequence.prompt_length :]
                     at = torch.arange(settings.gen_length, device=device)
                     logits = model.logits(model.embed(tokens), response_positions, at, probe, cache)
+                    record.step_forward.append((settings.gen_length, cache.length + settings.gen_length))
                 logits[:, suppressed] = torch.where(masked[:, None], float("-inf"), logits[:, suppressed])
                 x0 = _gumbel_argmax(logits, settings.temperature, generator)
                 confidence = _confidence(logits, x0, settings.remasking, generator)

@@ -15,11 +15,20 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from redvtp_eval.bench.__main__ import CONFIG_DIR, run_bench
-from redvtp_eval.bench.flops import generation_flops, probe_flops, step_flops, vision_flops
+from redvtp_eval.bench.flops import (
+    denoising_step_flops,
+    generation_flops,
+    prefill_flops,
+    probe_flops,
+    step_flops,
+    vision_flops,
+)
 from redvtp_eval.bench.report import device_directory
 from redvtp_eval.bench.runs import alternate
-from redvtp_eval.bench.workload import architecture, make_workload, random_llada_v
+from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
+from redvtp_eval.models.lavida import Lavida
 from redvtp_eval.models.llada_v import LladaVConfig, build_network
+from redvtp_eval.models.make_tiny import TINY as TINY_FAMILIES
 from redvtp_eval.models.make_tiny import TINY_CONFIG
 from redvtp_eval.pruners.base import kept_count
 
@@ -39,6 +48,20 @@ def test_step_flops_of_the_tiny_language_model_by_hand():
     assert probe_flops(TINY.text, rows=10, length=100) == 2 * (2 * 10 * 100 * 64) == 256_000
 
 
+def test_a_cached_step_runs_the_response_rows_against_prompt_and_response_keys_by_hand():
+    # G=8 response rows against K=100 keys (92 cached prompt positions + 8), logits at the 8 rows.
+    flops = denoising_step_flops(TINY.text, length=100, gen_length=8, prefix_cache=True)
+    assert flops["projections"] == 2 * (2 * 8 * 64 * (2 * 64 + 2 * 64)) == 524_288
+    assert flops["attention"] == 2 * (4 * 8 * 100 * 64) == 409_600
+    assert flops["mlp"] == 2 * (6 * 8 * 64 * 128) == 786_432
+    assert flops["lm_head"] == 2 * 8 * 64 * 512 == 524_288
+    assert flops["total"] == 2_244_608
+    assert denoising_step_flops(TINY.text, length=100, gen_length=8, prefix_cache=False)["total"] == 22_028_288
+    # The prefill: the 92 prompt positions among themselves, logits at the last one.
+    prefill = 2 * (2 * 92 * 64 * 256) + 2 * (4 * 92**2 * 64) + 2 * (6 * 92 * 64 * 128) + 2 * 1 * 64 * 512
+    assert prefill == prefill_flops(TINY.text, 92) == 19_472_384
+
+
 def test_vision_flops_of_the_tiny_tower_by_hand():
     # c=32, m_v=64, 2 layers, 27² = 729 patches of 14², projector 32 → 64 → 64; 2 crops.
     embedding = 2 * 729 * 3 * 14**2 * 32
@@ -54,7 +77,7 @@ def _weights(module: nn.Module) -> int:
 
 def test_flop_model_matches_the_networks_weights():
     """Matrix products cost 2 × weights × tokens; attention is what the weights do not count."""
-    config = LladaVConfig.from_dict(architecture({"num_key_value_heads": 2, "vocab_size": 1000}, {}), "sdpa")
+    config = LladaVConfig.from_dict(architecture("llada_v", {"num_key_value_heads": 2, "vocab_size": 1000}, {}), "sdpa")
     network = build_network(config, torch.float32, torch.device("cpu"))
     length, logits = 50, 4
     step = step_flops(config.text, length, logits)
@@ -77,6 +100,17 @@ def test_generation_flops_pay_the_vision_encoder_and_the_first_step_in_full():
     assert later == vision + 2 * full + 2 * short
 
 
+def test_generation_flops_with_the_prefix_cache_pay_the_prefill_then_shorten_only_the_keys():
+    steps = dict(crops=2, steps=4, logit_positions=8, prefix_cache=True)
+    vision, prefill = vision_flops(TINY, 2), prefill_flops(TINY.text, 92)
+    full = denoising_step_flops(TINY.text, 100, 8, prefix_cache=True)
+    short = denoising_step_flops(TINY.text, 40, 8, prefix_cache=True)
+    assert full["total"] - short["total"] == full["attention"] - short["attention"] == 2 * 4 * 8 * 60 * 64
+    assert generation_flops(TINY, length=100, length_after=100, **steps) == vision + prefill + 4 * full["total"]
+    pruned = generation_flops(TINY, length=100, length_after=40, probe_rows=8, **steps)
+    assert pruned == vision + prefill + full["total"] + 3 * short["total"] + probe_flops(TINY.text, 8, 100)
+
+
 def test_alternate_rotates_the_order_and_records_only_measured_rounds():
     calls = []
     variants = {name: (lambda name=name: calls.append(name) or {"call": len(calls)}) for name in ("a", "b", "c")}
@@ -86,16 +120,49 @@ def test_alternate_rotates_the_order_and_records_only_measured_rounds():
     assert [r["call"] for r in results["a"]] == [4, 9, 11]
 
 
-def test_the_docvqa_shape_is_a_3657_token_page_in_31_crops():
+def _shape(name: str) -> dict:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        shape = compose("bench").bench_shape
-    model = random_llada_v(architecture({}, {}), torch.float32, torch.device("cpu"), "sdpa", seed=0)
-    workload = make_workload(model, dict(shape), seed=0)
+        return compose("bench", overrides=[f"bench_shape={name}"]).bench_shape
+
+
+def test_the_docvqa_shape_is_a_3657_token_page_in_31_crops():
+    shape = _shape("docvqa")
+    model = random_model("llada_v", architecture("llada_v", {}, {}), torch.float32, torch.device("cpu"), "sdpa", 0)
+    settings = generation_settings("llada_v", shape, prefix_cache=False)
+    workload = make_workload(model, shape, settings, seed=0)
     prompt = workload.prompt()
     assert workload.crops == 31
     assert prompt.visual_tokens == 3657
     assert len(prompt.embeds) == 47 + 3657 + 30
-    assert (workload.settings.gen_length, workload.settings.steps, workload.settings.block_length) == (32, 16, 32)
+    assert (settings.gen_length, settings.steps, settings.block_length, settings.stop_strings) == (32, 16, 32, ())
+
+
+def test_the_docvqa_shape_for_lavida_is_an_840_token_page_in_5_pooled_crops():
+    shape = _shape("docvqa")
+    raw = architecture("lavida_llada", {}, {})
+    model = random_model("lavida_llada", raw, torch.float32, torch.device("cpu"), "sdpa", seed=0)
+    assert isinstance(model, Lavida) and model.family.name == "LaViDa-LLaDA"
+    settings = generation_settings("lavida_llada", shape, prefix_cache=False)
+    workload = make_workload(model, shape, settings, seed=0)
+    assert workload.crops == 5
+    assert workload.prompt().visual_tokens == 840
+    # LaViDa's docvqa_val settings through its parser: 32 tokens, step_ratio 0.5 → 16 steps, one block.
+    assert (settings.gen_length, settings.steps, settings.block_length, settings.schedule) == (32, 16, 32, "uniform")
+    assert not settings.prefix_cache and generation_settings("lavida_llada", shape, prefix_cache=True).prefix_cache
+    with pytest.raises(ValueError, match="llada_v family has no prefix-KV cache"):
+        generation_settings("llada_v", shape, prefix_cache=True)
+
+
+def test_sizes_are_written_under_the_familys_own_config_fields():
+    """LaViDa-LLaDA's config.json spells the dimensions the OLMo way; its reader must see the size's values."""
+    dims = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 3}
+    dims |= {"num_key_value_heads": 1, "vocab_size": 700}
+    raw = architecture("lavida_llada", dims, None)
+    assert (raw["d_model"], raw["n_layers"], raw["n_kv_heads"], raw["embedding_size"]) == (96, 3, 1, 700)
+    config = TINY_FAMILIES["lavida_llada"].network_config(raw, "sdpa")
+    assert {name: getattr(config.text, name) for name in dims} == dims
+    assert config.vision.num_hidden_layers == 26 and config.mm_hidden_size == 1152
+    assert config.crop_pool_stride == 2
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +188,7 @@ def tiny_report(tmp_path_factory):
 def test_report_is_written_as_json_and_markdown_per_device(tiny_report):
     report, path = tiny_report
     assert (
-        path.name == "mcq_tiny_redvtp.json"
+        path.name == "llada_v_mcq_tiny_redvtp.json"
         and path.parent.name == device_directory("", report["environment"]["device"]).name
     )
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
@@ -136,7 +203,7 @@ def test_report_is_written_as_json_and_markdown_per_device(tiny_report):
 
 def test_profile_tables_of_one_unpruned_and_one_pruned_run(tiny_report):
     _, path = tiny_report
-    text = path.with_name("mcq_tiny_redvtp_profile.txt").read_text()
+    text = path.with_name("llada_v_mcq_tiny_redvtp_profile.txt").read_text()
     assert "## unpruned (redvtp, ratio 0.25)" in text and "## pruned (redvtp, ratio 0.25)" in text
     assert "scaled_dot_product" in text
 
@@ -158,8 +225,12 @@ def test_token_counts_and_sequence_lengths_follow_the_ratio(tiny_report):
                 prompt,
             )
             assert run["steps"] == len(run["step_s"]) == 2
+            # Without the cache every step forwards the whole (pruned after step 1) sequence.
+            after = prompt + 2 - 1485 + kept
+            assert run["step_forward"] == [[prompt + 2, prompt + 2], [after, after]]
         for run in row["baseline"]["runs"]:
             assert run["visual_tokens_after"] == 1485 and run["sequence_length_after"] == prompt + 2
+            assert run["step_forward"] == [[prompt + 2, prompt + 2]] * 2
 
 
 def test_baseline_and_pruned_alternate_with_every_list_kept(tiny_report):
@@ -196,6 +267,72 @@ def test_scoring_step_is_compared_with_the_official_way(tiny_report):
     assert scoring["order"] == ["plain", "probed", "official", "probed", "official", "plain"]
     plain = scoring["steps"]["plain"]["seconds"]["p50"]
     assert scoring["probed_overhead_p50"] == pytest.approx(scoring["steps"]["probed"]["seconds"]["p50"] / plain - 1)
+
+
+LAVIDA_PROMPT = 47 + 840 + 30
+LAVIDA_RATIOS = [1.0, 0.25]
+
+
+@pytest.fixture(scope="module")
+def cached_lavida_report(tmp_path_factory):
+    """Tiny LaViDa-LLaDA on the DocVQA page (840 visual tokens, 32 tokens in 16 steps) with the prefix cache."""
+    overrides = [
+        "model=tiny_lavida_llada",
+        "bench_size=tiny",
+        "prefix_cache=true",
+        f"ratios=[{','.join(map(str, LAVIDA_RATIOS))}]",
+        "runs=1",
+        "warmup=0",
+        f"results_dir={tmp_path_factory.mktemp('bench')}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=overrides)
+    return run_bench(cfg, "test")
+
+
+def test_cached_lavida_report_names_the_family_and_the_cache(cached_lavida_report):
+    report, path = cached_lavida_report
+    assert path.name == "lavida_llada_docvqa_tiny_redvtp_prefix_cache.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+    assert report["config"]["model"]["family"] == "lavida_llada" and report["config"]["prefix_cache"] is True
+    assert report["shape"]["prefix_cache"] is True and report["shape"]["visual_tokens"] == 840
+    assert (report["shape"]["gen_length"], report["shape"]["steps"], report["shape"]["crops"]) == (32, 16, 5)
+    assert report["flops"]["prefill"] == prefill_flops(
+        TINY_FAMILIES["lavida_llada"].network_config(report["architecture"], "sdpa").text, LAVIDA_PROMPT
+    )
+    assert report["scoring"] is None  # the official way has no cache: nothing to compare the cached step with
+    assert "prefix-KV cache" in path.with_suffix(".md").read_text()
+
+
+def test_cached_runs_forward_only_the_response_after_the_prefill(cached_lavida_report):
+    report, _ = cached_lavida_report
+    length = LAVIDA_PROMPT + 32
+    for row in report["speed"]:
+        kept = kept_count(840, row["ratio"])
+        assert row["visual_tokens"] == [840, kept]
+        assert row["sequence_length"] == [length, length - 840 + kept]
+        (pruned,) = row["pruned"]["runs"]
+        (baseline,) = row["baseline"]["runs"]
+        assert pruned["steps"] == baseline["steps"] == 16
+        assert pruned["step_forward"] == [[32, length]] + [[32, length - 840 + kept]] * 15
+        assert baseline["step_forward"] == [[32, length]] * 16
+        assert pruned["prompt_tokens"] == baseline["prompt_tokens"] == LAVIDA_PROMPT
+        assert len(row["pruned"]["prefill_s"]["raw"]) == 1
+
+
+def test_cached_ideal_speedup_is_the_flop_models_with_the_prefill(cached_lavida_report):
+    report, _ = cached_lavida_report
+    config = TINY_FAMILIES["lavida_llada"].network_config(report["architecture"], "sdpa")
+    common = dict(crops=5, steps=16, logit_positions=32, prefix_cache=True)
+    for row in report["speed"]:
+        before, after = row["sequence_length"]
+        baseline = generation_flops(config, length=before, length_after=before, **common)
+        pruned = generation_flops(config, length=before, length_after=after, probe_rows=32, **common)
+        assert row["ideal"]["speedup"] == pytest.approx(baseline / pruned)
+        step = denoising_step_flops(config.text, before, 32, True)["total"]
+        assert row["ideal"]["step_speedup"] == pytest.approx(
+            step / denoising_step_flops(config.text, after, 32, True)["total"]
+        )
 
 
 def test_the_unpruned_pruner_is_refused_with_a_message(tmp_path):

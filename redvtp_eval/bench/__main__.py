@@ -1,15 +1,18 @@
-"""python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|mcq] [pruner=redvtp|random]
+"""python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|mcq] [pruner=…] [prefix_cache=…]
 
     python -m redvtp_eval.bench                                   # H100/H200: LLaDA-V size, bf16, DocVQA shape
     python -m redvtp_eval.bench bench_shape=mcq
+    python -m redvtp_eval.bench model=lavida_llada                # LaViDa-LLaDA size, DocVQA page → 840 visual tokens
+    python -m redvtp_eval.bench model=lavida_llada prefix_cache=true   # the same with LaViDa's prefix-KV cache
     python -m redvtp_eval.bench model=tiny bench_size=cpu         # reduced size on the CPU
     python -m redvtp_eval.bench model=tiny bench_size=tiny runs=2 warmup=0 'ratios=[1.0,0.25]'
 
-The speed benchmark (Hydra, ``configs/bench.yaml``): LLaDA-V with random weights at the chosen size,
-one synthetic request of the chosen shape, the evaluation's engine with the chosen pruner at every
-ratio in ``ratios`` against the unpruned model, the FLOP model's bound, and (``scoring=true``) the
-scoring step against the official way. Of the model group only ``dtype``, ``device`` and
-``attn_implementation`` are read: nothing is loaded or downloaded.
+The speed benchmark (Hydra, ``configs/bench.yaml``): the model group's family with random weights at the
+chosen size, one synthetic request of the chosen shape with the shape's task settings for that family,
+the evaluation's engine with the chosen pruner at every ratio in ``ratios`` against the unpruned model,
+the FLOP model's bound, and (``scoring=true``, uncached runs only) the scoring step against the official
+way. Of the model group only ``family``, ``dtype``, ``device`` and ``attn_implementation`` are read:
+nothing is loaded or downloaded.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from redvtp_eval.bench.flops import step_flops, vision_flops
+from redvtp_eval.bench.flops import denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.bench.profile import operator_tables
 from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
-from redvtp_eval.bench.workload import architecture, make_workload, random_llada_v
+from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
 from redvtp_eval.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
 from redvtp_eval.pruners import make_pruner
@@ -42,11 +45,11 @@ GOAL_RATIO = 0.25
 def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
-    plain = {key: cfg[key] for key in ("ratios", "warmup", "runs", "scoring", "profile", "seed")}
+    plain = {key: cfg[key] for key in ("prefix_cache", "ratios", "warmup", "runs", "scoring", "profile", "seed")}
     return OmegaConf.to_container(
         OmegaConf.create(
             {
-                "model": {key: cfg.model[key] for key in ("dtype", "device", "attn_implementation")},
+                "model": {key: cfg.model[key] for key in ("family", "dtype", "device", "attn_implementation")},
                 "bench_size": cfg.bench_size,
                 "bench_shape": cfg.bench_shape,
                 "pruner": pruner,
@@ -76,19 +79,27 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     config = bench_config(cfg)
     check(config)
     size, shape, model_config = config["bench_size"], config["bench_shape"], config["model"]
+    family_name, prefix_cache = model_config["family"], config["prefix_cache"]
+    settings = generation_settings(family_name, shape, prefix_cache)
     device = torch.device(model_config["device"])
-    raw = architecture(size["text"], size["vision"])
-    model = random_llada_v(
-        raw, parse_dtype(model_config["dtype"]), device, model_config["attn_implementation"], config["seed"]
+    raw = architecture(family_name, size["text"], size["vision"])
+    model = random_model(
+        family_name,
+        raw,
+        parse_dtype(model_config["dtype"]),
+        device,
+        model_config["attn_implementation"],
+        config["seed"],
     )
-    workload = make_workload(model, shape, config["seed"])
+    workload = make_workload(model, shape, settings, config["seed"])
     facts = environment(device)
     load_before = os.getloadavg()
     options = {key: value for key, value in config["pruner"].items() if key != "name"}
     speed_results = speed(
         workload, config["pruner"]["name"], options, config["ratios"], config["warmup"], config["runs"], config["seed"]
     )
-    scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if config["scoring"] else None
+    compare_scoring = config["scoring"] and not prefix_cache
+    scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if compare_scoring else None
     load_after = os.getloadavg()
     first = speed_results[0]["baseline"]
     length = first["sequence_length_before"]
@@ -99,7 +110,11 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         "load_average": {"start": load_before, "end": load_after},
         "architecture": raw,
         "shape": {
-            **shape,
+            **{key: value for key, value in shape.items() if key != "task"},
+            "gen_length": settings.gen_length,
+            "steps": settings.steps,
+            "block_length": settings.block_length,
+            "prefix_cache": settings.prefix_cache,
             "visual_tokens": speed_results[0]["visual_tokens"][0],
             "crops": workload.crops,
             "prompt_tokens": first["prompt_tokens"],
@@ -107,12 +122,14 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         },
         "flops": {
             "vision": vision_flops(model.config, workload.crops),
-            "step_unpruned": step_flops(model.config.text, length, shape["gen_length"]),
+            "prefill": prefill_flops(model.config.text, first["prompt_tokens"]) if prefix_cache else None,
+            "step_unpruned": denoising_step_flops(model.config.text, length, settings.gen_length, prefix_cache),
         },
         "speed": speed_results,
         "scoring": scoring_result,
     }
-    stem = f"{shape['name']}_{size['name']}_{config['pruner']['name']}"
+    cache = "_prefix_cache" if prefix_cache else ""
+    stem = f"{family_name}_{shape['name']}_{size['name']}_{config['pruner']['name']}{cache}"
     path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
     if config["profile"]:
         pruner = make_pruner(config["pruner"]["name"], ratio=GOAL_RATIO, **options)

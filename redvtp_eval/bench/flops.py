@@ -1,4 +1,4 @@
-"""Analytic FLOP model of LLaDA-V inference: a denoising step as a function of sequence length, and the vision encoder.
+"""Analytic FLOP model of LLaDA-V / LaViDa inference: a denoising step by sequence length, and the vision encoder.
 
 Where it sits: the speed benchmark divides its measured speed-up by the speed-up these counts allow
 (achieved / ideal), per retention ratio.
@@ -9,42 +9,68 @@ sampler's own work are left out. Language model, one step over L positions with 
 head dim and m the MLP width:
 
     q, k, v, o projections   2·L·d·(2·d + 2·d_kv)
-    attention QKᵀ and AV     4·L²·d              bidirectional: every row attends to all L keys
+    attention QKᵀ and AV     4·L·K·d             bidirectional: every row attends to all K keys (K = L uncached)
     SwiGLU MLP               6·L·d·m
     LM head (once)           2·G·d·V
 
-On the scoring step RedVTP's probe adds 2·R·L·d per layer (R probed rows, all keys). Vision encoder, per
+On the scoring step RedVTP's probe adds 2·R·K·d per layer (R probed rows, all K keys). Vision encoder, per
 crop of P = (image / patch)² patches, width c, MLP width m_v: patch embedding 2·P·3·p²·c; per layer
 8·P·c² + 4·P²·c + 4·P·c·m_v; then the projector 2·P·(c·d + d²).
 
 Pruning shortens L for the steps after the scoring step only: the vision encoder and the first full
 step are paid in full, which bounds the speed-up well below N / kept.
+
+With LaViDa's prefix-KV cache a generation is one prefill over the P prompt positions (attention P²,
+logits at its last position), then per step the G response rows only, attending to K = P + G keys
+(the attention term becomes 4·G·K·d); pruning then shortens K alone, so the attention term is all it
+can save, and the bound is far lower.
 """
 
 from __future__ import annotations
 
-from transformers import LlamaConfig
+from functools import partial
+
+from transformers import PretrainedConfig
 
 from redvtp_eval.models.llada_v import LladaVConfig
 
 
-def step_flops(text: LlamaConfig, length: int, logit_positions: int) -> dict[str, int]:
-    """FLOPs of one forward of the language model over ``length`` positions, by part, and their ``total``."""
-    d, layers, head_dim = text.hidden_size, text.num_hidden_layers, text.head_dim
+def head_dimension(text: PretrainedConfig) -> int:
+    """As the attention layers read it: Llama's config states it, Qwen2's (Dream) leaves it to width / heads."""
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
+def step_flops(text: PretrainedConfig, length: int, logit_positions: int, keys: int | None = None) -> dict[str, int]:
+    """FLOPs of one forward of the language model over ``length`` query rows attending to ``keys`` positions
+    (default: the same ``length``), by part, and their ``total``."""
+    d, layers, head_dim = text.hidden_size, text.num_hidden_layers, head_dimension(text)
     d_kv = text.num_key_value_heads * head_dim
     d_attention = text.num_attention_heads * head_dim
     parts = {
         "projections": layers * 2 * length * d * (2 * d_attention + 2 * d_kv),
-        "attention": layers * 4 * length**2 * d_attention,
+        "attention": layers * 4 * length * (length if keys is None else keys) * d_attention,
         "mlp": layers * 6 * length * d * text.intermediate_size,
         "lm_head": 2 * logit_positions * d * text.vocab_size,
     }
     return {**parts, "total": sum(parts.values())}
 
 
-def probe_flops(text: LlamaConfig, rows: int, length: int) -> int:
-    """What the attention probe adds to the scoring step: ``rows`` query rows against all keys, every layer."""
-    return text.num_hidden_layers * 2 * rows * length * text.num_attention_heads * text.head_dim
+def denoising_step_flops(text: PretrainedConfig, length: int, gen_length: int, prefix_cache: bool) -> dict[str, int]:
+    """One denoising step on a sequence of ``length`` positions (prompt + ``gen_length``), logits at the
+    response: the whole sequence, or with the prefix cache the response rows against all ``length`` keys."""
+    if prefix_cache:
+        return step_flops(text, gen_length, gen_length, keys=length)
+    return step_flops(text, length, gen_length)
+
+
+def prefill_flops(text: PretrainedConfig, prompt_length: int) -> int:
+    """The prefix cache's one pass over the prompt, with logits at its last position."""
+    return step_flops(text, prompt_length, 1)["total"]
+
+
+def probe_flops(text: PretrainedConfig, rows: int, length: int) -> int:
+    """What the attention probe adds to the scoring step: ``rows`` query rows against all ``length`` keys."""
+    return text.num_hidden_layers * 2 * rows * length * text.num_attention_heads * head_dimension(text)
 
 
 def vision_flops(config: LladaVConfig, crops: int) -> int:
@@ -67,13 +93,17 @@ def generation_flops(
     length_after: int,
     prune_after_step: int = 1,
     probe_rows: int = 0,
+    prefix_cache: bool = False,
 ) -> int:
-    """A whole generation: vision encoder, ``prune_after_step`` steps at ``length`` (the last with the probe's
-    ``probe_rows``), the remaining steps at ``length_after``. The unpruned baseline has ``length_after == length``."""
+    """A whole generation: vision encoder, (``prefix_cache``: the prefill over the prompt,) ``prune_after_step``
+    steps at ``length`` (the last with the probe's ``probe_rows``), the remaining steps at ``length_after``.
+    Lengths count prompt + response; the unpruned baseline has ``length_after == length``."""
     full = min(prune_after_step, steps)
+    step = partial(denoising_step_flops, config.text, gen_length=logit_positions, prefix_cache=prefix_cache)
     return (
         vision_flops(config, crops)
-        + full * step_flops(config.text, length, logit_positions)["total"]
-        + (steps - full) * step_flops(config.text, length_after, logit_positions)["total"]
+        + (prefill_flops(config.text, length - logit_positions) if prefix_cache else 0)
+        + full * step(length)["total"]
+        + (steps - full) * step(length_after)["total"]
         + (probe_flops(config.text, probe_rows, length) if probe_rows else 0)
     )

@@ -1,6 +1,7 @@
 """The speed benchmark's report: where it is written, and its Markdown tables.
 
-Where it sits: ``python -m redvtp_eval.bench`` writes ``<results_dir>/<device>/<shape>_<size>_<pruner>.json``
+Where it sits: ``python -m redvtp_eval.bench`` writes
+``<results_dir>/<device>/<family>_<shape>_<size>_<pruner>[_prefix_cache].json``
 (configuration, environment, FLOP model, every run's raw numbers) and the ``.md`` tables next to it.
 """
 
@@ -14,6 +15,9 @@ from pathlib import Path
 def device_directory(results_dir: str | Path, device_name: str) -> Path:
     """``results/bench/nvidia-h100-80gb-hbm3``: one folder per device, named after it."""
     return Path(results_dir) / re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+
+
+CACHED = "; prefix-KV cache: one prefill, then each step runs the response rows only"
 
 
 def _num(value: float | None, spec: str = ".4g") -> str:
@@ -47,14 +51,16 @@ def speed_table(report: dict) -> list[str]:
 
 def step_table(report: dict) -> list[str]:
     lines = [
-        "| r | preprocess s | vision s | scoring step s, unpruned / pruned | scoring overhead "
+        "| r | preprocess s | vision s | prefill s | scoring step s, unpruned / pruned | scoring overhead "
         "| step after pruning s, unpruned / pruned | step speed-up | FLOP bound |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    cached = report["shape"]["prefix_cache"]
     for row in report["speed"]:
         base, pruned = row["baseline"], row["pruned"]
         lines.append(
             f"| {row['ratio']:g} | {_num(pruned['preprocess_s']['p50'])} | {_num(pruned['vision_s']['p50'])} "
+            f"| {_num(pruned['prefill_s']['p50']) if cached else '—'} "
             f"| {_pair(base['scoring_step_s']['p50'], pruned['scoring_step_s']['p50'])} "
             f"| {_num(row['scoring_overhead_p50'], '+.1%')} "
             f"| {_pair(base['after_prune_step_s']['p50'], pruned['after_prune_step_s']['p50'])} "
@@ -85,16 +91,19 @@ def markdown(report: dict) -> str:
     config, shape, env = report["config"], report["shape"], report["environment"]
     runs = config["runs"]
     lines = [
-        f"# Speed: {config['pruner']['name']} vs unpruned — `{config['bench_shape']['name']}` shape, "
-        f"`{config['bench_size']['name']}` size, {env['device']}, {config['model']['dtype']}",
+        f"# Speed: {config['pruner']['name']} vs unpruned — {config['model']['family']}, "
+        f"`{config['bench_shape']['name']}` shape, `{config['bench_size']['name']}` size, "
+        f"{'prefix-KV cache, ' if shape['prefix_cache'] else ''}{env['device']}, {config['model']['dtype']}",
         "",
         f"`{report['command']}` at commit `{env['commit']}`{' (dirty)' if env['dirty'] else ''}; "
         f"torch {env['libraries']['torch']}, {env['cpu_threads']} CPU threads; 1-minute load average "
         f"{report['load_average']['start'][0]:.1f} at the start, {report['load_average']['end'][0]:.1f} at the end.",
         f"Random weights; {shape['visual_tokens']} visual tokens ({shape['crops']} crops of "
         f"{shape['image_size'][0]}×{shape['image_size'][1]}), {shape['prompt_tokens']} prompt tokens, "
-        f"gen_length {shape['gen_length']}, {shape['steps']} steps, block {shape['block_length']}; every run does "
-        f"every step. {config['warmup']} warm-up + {runs} measured rounds per ratio, unpruned and pruned alternating.",
+        f"gen_length {shape['gen_length']}, {shape['steps']} steps, block {shape['block_length']}"
+        f"{CACHED if shape['prefix_cache'] else ''}"
+        f"; every run does every step. {config['warmup']} warm-up + {runs} measured rounds per ratio, "
+        "unpruned and pruned alternating.",
         "",
         "## End to end",
         "",

@@ -5,8 +5,9 @@ Where it sits: ``python -m redvtp_eval.bench`` runs :func:`speed` on a :class:`~
 Each run is one call of the evaluation's engine, timed like an evaluation sample (see
 :mod:`redvtp_eval.measurement`): ``latency`` = preprocessing + vision encoder + splice + every
 denoising step + pruning. Per ratio, the unpruned baseline and the pruner run in alternating rounds.
-Besides the sample fields, a run keeps every step's seconds and two derived times: the scoring step
-(the step after which the pruner is called, plus the pruning itself) and the mean step after pruning.
+Besides the sample fields, a run keeps every step's seconds and the (query rows, key positions) of its
+forward, and two derived times: the scoring step (the step after which the pruner is called, plus the
+pruning itself) and the mean step after pruning. With the prefix cache, latency also holds the prefill.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from functools import partial
 
 import torch
 
-from redvtp_eval.bench.flops import generation_flops, step_flops
+from redvtp_eval.bench.flops import denoising_step_flops, generation_flops
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
 from redvtp_eval.measurement import generation_fields, measure
@@ -24,7 +25,7 @@ from redvtp_eval.pruners import Pruner, make_pruner
 from redvtp_eval.sampler import generate
 from redvtp_eval.summary import distribution, side
 
-STEP_TIMINGS = ("scoring_step_s", "after_prune_step_s")
+STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 
 
 def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
@@ -43,6 +44,7 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
         - fields["visual_tokens_before"]
         + fields["visual_tokens_after"],
         "step_s": steps,
+        "step_forward": [list(forward) for forward in run.value.record.step_forward],
         "scoring_step_s": steps[scoring - 1] + fields["prune_s"] if len(steps) >= scoring else None,
         "after_prune_step_s": statistics.fmean(steps[scoring:]) if len(steps) > scoring else None,
     }
@@ -67,21 +69,29 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
-    """The FLOP model's speed-ups for this ratio: whole generation (what latency can gain) and one later step."""
+    """The FLOP model's speed-ups for this ratio: whole generation (what latency can gain) and one later step.
+    The probe's rows are the non-visual positions, or with the prefix cache the response alone."""
     config, settings = workload.model.config, workload.settings
     before, after = pruned["sequence_length_before"], pruned["sequence_length_after"]
-    rows = before - pruned["visual_tokens_before"] if pruner.needs_attention else 0
-    common = {"crops": workload.crops, "steps": settings.steps, "logit_positions": settings.gen_length}
+    rows = settings.gen_length if settings.prefix_cache else before - pruned["visual_tokens_before"]
+    common = {
+        "crops": workload.crops,
+        "steps": settings.steps,
+        "logit_positions": settings.gen_length,
+        "prefix_cache": settings.prefix_cache,
+    }
     unpruned = generation_flops(config, length=before, length_after=before, **common)
     with_pruning = generation_flops(
         config,
         length=before,
         length_after=after,
         prune_after_step=pruner.prune_after_step,
-        probe_rows=rows,
+        probe_rows=rows if pruner.needs_attention else 0,
         **common,
     )
-    step = partial(step_flops, config.text, logit_positions=settings.gen_length)
+    step = partial(
+        denoising_step_flops, config.text, gen_length=settings.gen_length, prefix_cache=settings.prefix_cache
+    )
     return {
         "generation_flops_baseline": unpruned,
         "generation_flops_pruned": with_pruning,

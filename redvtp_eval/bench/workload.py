@@ -1,50 +1,70 @@
-"""A benchmark workload: LLaDA-V with random weights at a chosen size, and one synthetic request shaped like a task's.
+"""A benchmark workload: a model family with random weights at a chosen size, and one request shaped like a task's.
 
 Where it sits: the speed benchmark builds one :class:`Workload` and drives the evaluation's own engine
 with it (``LladaV.prepare_ids`` → ``generate`` with a pruner). The model's compute does not depend on
 the weights' values, and the number of steps is fixed by the schedule (no stop string ends a run early),
 so the timing is that of the real model at that size.
 
-Sizes take the tiny checkpoint's config (layout, AnyRes pinpoints, RoPE, norms) and replace the
-dimensions; without vision dimensions the tower is the official SigLIP so400m cut to 26 layers, as for
-the real checkpoint, whose config.json carries none. The request is a blank page of the task's image
-size (AnyRes tiling and visual token count are the real ones) between random text tokens of the task's
-prompt lengths, and ``gen_length`` masks.
+The network is built as the family's loader builds it: the family's tiny checkpoint config.json
+(layout, AnyRes pinpoints, pooling, RoPE, norms) with the size's dimensions written under the family's
+own field names, read by the loader's config reader, wrapped in the loader's runtime class. Without
+vision dimensions the tower is the official SigLIP so400m cut to 26 layers, as for the real checkpoints,
+whose config.json carries none. The request is a blank page of the task's image size (AnyRes tiling,
+pooling and visual token count are the model's real ones) between random text tokens of the task's
+prompt lengths, and the task's generation settings for the family, read by the family's gen-kwargs parser.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
+from redvtp_eval.families import family
 from redvtp_eval.models.base import Prompt
-from redvtp_eval.models.llada_v import LladaV, LladaVConfig, build_network
-from redvtp_eval.models.make_tiny import TINY_CONFIG, build_tokenizer
+from redvtp_eval.models.llada_v import LladaV, build_network
+from redvtp_eval.models.make_tiny import TINY
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER
 from redvtp_eval.sampler import GenerationSettings
 
 INIT_STD = 0.02
 
 
-def architecture(text: dict, vision: dict | None) -> dict:
-    """A config.json for :meth:`LladaVConfig.from_dict` with the given dimensions (``vision=None``: SigLIP so400m)."""
-    raw = {key: value for key, value in TINY_CONFIG.items() if key not in ("vision_config", "mm_hidden_size")}
-    raw.update(text)
+def architecture(family_name: str, text: dict, vision: dict | None) -> dict:
+    """A config.json of ``family_name`` with the given dimensions (Llama names; ``vision=None``: SigLIP so400m)."""
+    spec = TINY[family_name]
+    raw = {key: value for key, value in spec.config.items() if key not in ("vision_config", "mm_hidden_size")}
+    raw.update({spec.text_field(name): value for name, value in text.items()})
     if vision is not None:
-        raw["vision_config"] = {**TINY_CONFIG["vision_config"], **vision}
+        raw["vision_config"] = {**spec.config["vision_config"], **vision}
     return raw
 
 
-def random_llada_v(raw: dict, dtype: torch.dtype, device: torch.device, attn_implementation: str, seed: int) -> LladaV:
+def random_model(
+    family_name: str, raw: dict, dtype: torch.dtype, device: torch.device, attn_implementation: str, seed: int
+) -> LladaV:
     """The network allocated directly on ``device`` (never materialised elsewhere), filled with N(0, 0.02) there."""
-    network = build_network(LladaVConfig.from_dict(raw, attn_implementation), dtype, device)
+    spec = TINY[family_name]
+    network = build_network(spec.network_config(raw, attn_implementation), dtype, device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.normal_(0.0, INIT_STD, generator=generator)
-    return LladaV(network, build_tokenizer())
+    return spec.runtime(network, spec.tokenizer())
+
+
+def generation_settings(family_name: str, shape: dict, prefix_cache: bool) -> GenerationSettings:
+    """The shape's task settings for the family, through the family's own gen-kwargs parser (``prefix_cache``:
+    LaViDa's ``prefix_lm``), without stop strings so that every run does every step."""
+    generation = shape["task"]["generation"]
+    if family_name not in generation:
+        raise ValueError(f"bench_shape {shape['name']} has no generation settings for the {family_name} family")
+    gen_kwargs = {**generation[family_name], **({"prefix_lm": True} if prefix_cache else {})}
+    settings, _ = family(family_name).settings(gen_kwargs)
+    if prefix_cache and not settings.prefix_cache:
+        raise ValueError(f"the {family_name} family has no prefix-KV cache (LaViDa's prefix_lm); drop prefix_cache")
+    return replace(settings, stop_strings=())
 
 
 @dataclass
@@ -62,11 +82,8 @@ class Workload:
         return self.model.prepare_ids(self.ids, [self.image])
 
 
-def make_workload(model: LladaV, shape: dict, seed: int) -> Workload:
-    """``shape``: image_size (width, height), text_before_image, text_after_image, gen_length, steps, block_length."""
-    settings = GenerationSettings(
-        gen_length=shape["gen_length"], steps=shape["steps"], block_length=shape["block_length"], stop_strings=()
-    )
+def make_workload(model: LladaV, shape: dict, settings: GenerationSettings, seed: int) -> Workload:
+    """``shape``: image_size (width, height), text_before_image, text_after_image."""
     generator = torch.Generator().manual_seed(seed)
     ordinary = min(model.tokenizer.added_tokens_decoder)
 

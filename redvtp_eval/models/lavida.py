@@ -92,6 +92,18 @@ def llada_text_config(raw: dict) -> LlamaConfig:
     )
 
 
+OLMO_TEXT_FIELDS = {
+    "hidden_size": "d_model",
+    "intermediate_size": "mlp_hidden_size",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "vocab_size": "embedding_size",
+}
+"""Llama dimension → the OLMo field :func:`llada_text_config` reads it from (``embedding_size`` wins over
+``vocab_size``); the tiny-checkpoint generator and the speed benchmark write dimensions through it."""
+
+
 def dream_text_config(raw: dict) -> Qwen2Config:
     """Dream's config fields as the Qwen2 config of the same network (full attention, untied head)."""
     if raw.get("tie_word_embeddings"):

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from transformers import PreTrainedTokenizerFast
 
 from redvtp_eval.models import lavida
 from redvtp_eval.models.checkpoint import IDENTITY, KeyMap
-from redvtp_eval.models.llada_v import LladaVConfig, LladaVNetwork
+from redvtp_eval.models.llada_v import LladaV, LladaVConfig, LladaVNetwork
 from redvtp_eval.models.prompt import CHATML_CHAT_TEMPLATE, LLADA_CHAT_TEMPLATE, SYSTEM_PROMPT
 
 SPECIAL_TOKENS = (
@@ -200,27 +201,34 @@ def save_checkpoint(
 @dataclass(frozen=True)
 class TinyFamily:
     config: dict
-    network_config: Callable[[dict], LladaVConfig]
-    layers_field: str
+    network_config: Callable[[dict, str], LladaVConfig]
+    """The family loader's own reader: (config.json, attn_implementation) → the network's config."""
+    runtime: Callable[[LladaVNetwork, PreTrainedTokenizerFast], LladaV]
+    """The family loader's runtime around a network and its tokenizer (the speed benchmark builds one)."""
     tokenizer: Callable[[], PreTrainedTokenizerFast]
     key_map: KeyMap = IDENTITY
+    text_fields: dict[str, str] = field(default_factory=dict)
+    """Text dimensions whose config.json name differs from the Llama name (LaViDa-LLaDA's OLMo fields)."""
+
+    def text_field(self, name: str) -> str:
+        """Where the Llama-named dimension ``name`` lives in this family's config.json."""
+        return self.text_fields.get(name, name)
 
 
 TINY = {
-    "llada_v": TinyFamily(
-        TINY_CONFIG, lambda raw: LladaVConfig.from_dict(raw, "sdpa"), "num_hidden_layers", build_tokenizer
-    ),
+    "llada_v": TinyFamily(TINY_CONFIG, LladaVConfig.from_dict, LladaV, build_tokenizer),
     "lavida_llada": TinyFamily(
         TINY_LAVIDA_LLADA,
-        lambda raw: lavida.lavida_config(lavida.LLADA, raw, "sdpa"),
-        "n_layers",
+        partial(lavida.lavida_config, lavida.LLADA),
+        partial(lavida.Lavida, family=lavida.LLADA),
         build_tokenizer,
         lavida.OLMO_KEY_MAP,
+        lavida.OLMO_TEXT_FIELDS,
     ),
     "lavida_dream": TinyFamily(
         TINY_LAVIDA_DREAM,
-        lambda raw: lavida.lavida_config(lavida.DREAM, raw, "sdpa"),
-        "num_hidden_layers",
+        partial(lavida.lavida_config, lavida.DREAM),
+        partial(lavida.Lavida, family=lavida.DREAM),
         lambda: build_tokenizer(DREAM_SPECIAL_TOKENS, "<|beginoftext|>", CHATML_CHAT_TEMPLATE),
     ),
 }
@@ -234,9 +242,9 @@ def make_tiny(out_dir: str | Path, seed: int = 0, family: str = "llada_v", layer
     spec = TINY[family]
     raw = {**spec.config, "redvtp_eval_tiny_seed": seed}
     if layers is not None:
-        raw[spec.layers_field] = layers
+        raw[spec.text_field("num_hidden_layers")] = layers
     torch.manual_seed(seed)
-    network = LladaVNetwork(spec.network_config(raw))
+    network = LladaVNetwork(spec.network_config(raw, "sdpa"))
     with torch.no_grad():
         for layer in network.model.layers:
             layer.self_attn.q_proj.weight.mul_(ATTENTION_GAIN)
