@@ -64,8 +64,8 @@ def claim_directory(job_dir: Path, config: dict) -> None:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def checkpoint_path(cfg: DictConfig) -> str:
-    """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
+def check_family(cfg: DictConfig) -> None:
+    """The model's family exists and the task says how to generate with it."""
     if cfg.model.family not in FAMILIES:
         raise JobError(f"model family {cfg.model.family!r} is not one of {', '.join(FAMILIES)}")
     if cfg.model.family not in cfg.task.generation:
@@ -73,6 +73,10 @@ def checkpoint_path(cfg: DictConfig) -> str:
             f"task {cfg.task.name} has no generation settings for {cfg.model.family}; "
             f"add generation.{cfg.model.family} to its configs/task file"
         )
+
+
+def checkpoint_path(cfg: DictConfig) -> str:
+    """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
     local = Path(cfg.model.path).expanduser()
     if cfg.model.make_tiny and not (local / "config.json").exists():
         make_tiny(local, family=cfg.model.family)
@@ -179,6 +183,7 @@ def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict | 
     Returns the metrics on rank 0 (None on the other ranks of a data-parallel run).
     """
     check_ratio(cfg.ratio)
+    check_family(cfg)
     checkpoint = checkpoint_path(cfg)
     rank, _, world_size = launch_rank()
     metrics_path = job_dir / "metrics.json"

@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from redvtp_eval.job import JobError, checkpoint_path, load_task, task_manager_for
+from redvtp_eval.job import JobError, check_family, checkpoint_path, load_task, task_manager_for
 from redvtp_eval.models.checkpoint import CheckpointError
 from redvtp_eval.report import report
 from redvtp_eval.sweep import grid
@@ -49,6 +49,11 @@ def missing_inputs(experiment: str, overrides: list[str]) -> list[str]:
 
     for model, task, _, _ in sorted(grid(sweep)):
         cfg = compose_job([f"experiment={experiment}", *overrides, f"model={model}", f"task={task}"])
+        try:
+            check_family(cfg)
+        except JobError as error:
+            problems.append(f"model {model} on task {task}: {error}")
+            continue
         for kind, name, check in (
             ("model", model, lambda: checkpoint_path(cfg)),
             ("task", task, lambda: check_task(cfg)),
