@@ -256,3 +256,32 @@ def test_with_one_layer_the_cache_changes_nothing(tmp_path):
         cached = generate(model, prompt, replace(settings, prefix_cache=True), pruner)
         assert cached.token_ids == uncached.token_ids
         assert cached.record.kept_visual == uncached.record.kept_visual
+
+
+@pytest.mark.parametrize("family", LAVIDA_FAMILIES)
+def test_a_cached_forward_is_the_full_forward_with_the_prompt_blind_to_the_response(lavida_models, family):
+    """The decoder layers must really take the cache: over the response, a forward against the prefilled prompt
+    equals a forward over prompt + response in which prompt rows cannot see response columns (LaViDa's
+    Prefix-DLM mask), and differs from a forward over the response alone (what an ignored cache gives)."""
+    model, _ = lavida_models[family]
+    network = model.network
+    prompt = model.prepare("What is the total?", [page((800, 600))])
+    response = model.embed(torch.full((8,), model.mask_token_id))
+    full = torch.cat([prompt.embeds, response])[None]
+    P, L = len(prompt.embeds), full.shape[1]
+    positions = torch.arange(L)[None]
+
+    cache, _ = model.prefill(prompt.embeds, positions[0, :P])
+    cached = network.hidden_states(response[None], positions[:, P:], None, cache)
+
+    blocked = torch.zeros(L, L, dtype=torch.bool)
+    blocked[:P, P:] = True
+    mask = torch.zeros(1, 1, L, L).masked_fill(blocked, torch.finfo(torch.float32).min)
+    hidden, rope = full, network.model.rotary_emb(full, positions)
+    for layer in network.model.layers:
+        hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+    reference = network.model.norm(hidden)[:, P:]
+
+    alone = network.hidden_states(response[None], positions[:, P:], None, None)
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+    assert (cached - alone).abs().max() > 1e-2

@@ -196,7 +196,7 @@ class LladaVNetwork(nn.Module):
                 hidden,
                 attention_mask=None,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 position_embeddings=rope,
                 probe=probe,
             )
