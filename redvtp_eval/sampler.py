@@ -52,7 +52,7 @@ from torch import Tensor
 
 from redvtp_eval.models.attention import AttentionProbe
 from redvtp_eval.models.base import DiffusionVLM, Prompt
-from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
+from redvtp_eval.pruners.base import PruneContext, Pruner
 from redvtp_eval.timing import Timer
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
@@ -267,6 +267,28 @@ def _first_stop(tokens: Tensor, stop_sequences: list[Tensor]) -> int | None:
     return min(starts, default=None)
 
 
+class ProbedAttention:
+    """The :class:`~redvtp_eval.pruners.base.VisualAttention` a pruner gets: read from one forward's probe.
+
+    Query positions must be outside the visual spans: the sampler records every such row, so any query set
+    can be asked for after the step has committed its tokens.
+    """
+
+    def __init__(self, probe: AttentionProbe, sequence_length: int) -> None:
+        self._mean = probe.mean()
+        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=probe.rows.device)
+        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=probe.rows.device)
+
+    def __call__(self, queries: Tensor) -> Tensor:
+        rows = self._row_of[queries]
+        if (rows < 0).any():
+            raise ValueError(
+                "no attention was recorded for some query positions: rows are the non-visual positions of the "
+                "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
+            )
+        return self._mean[rows]
+
+
 @torch.no_grad()
 def generate(
     model: DiffusionVLM,
@@ -359,7 +381,7 @@ def generate(
                     response=sequence.response,
                     prompt_text=sequence.prompt_text(),
                     attention=(
-                        VisualAttention(probe, sequence.prompt_length + settings.gen_length)
+                        ProbedAttention(probe, sequence.prompt_length + settings.gen_length)
                         if probe is not None
                         else None
                     ),
