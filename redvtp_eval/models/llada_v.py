@@ -43,7 +43,7 @@ from redvtp_eval.models.base import Prompt
 from redvtp_eval.models.checkpoint import CheckpointError, load_weights, read_config, resolve_checkpoint
 from redvtp_eval.models.prefix_cache import PrefixCache
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER, render_chat, splice_image_tokens, user_message
-from redvtp_eval.timing import Timer
+from redvtp_eval.models.timing import Timer
 
 HUB_ID = "GSAI-ML/LLaDA-V"
 
