@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
-from redvtp_eval.models.checkpoint import CheckpointError
+from redvtp_eval.models.checkpoint import CheckpointError, weight_files
 from redvtp_eval.models.llada_v import load_llada_v
 
 
@@ -72,3 +74,30 @@ def test_bad_dtype_and_attention_are_refused(tiny_dir):
         load_llada_v(tiny_dir, dtype="float8")
     with pytest.raises(ValueError, match="attn_implementation"):
         load_llada_v(tiny_dir, attn_implementation="flash")
+
+
+def test_an_unrelated_safetensors_file_is_not_read(tiny, tiny_dir, tmp_path):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, copy)
+    save_file({"adapter.weight": torch.zeros(3)}, copy / "adapter.safetensors")
+    loaded = load_llada_v(copy, dtype="float32")
+    assert all((a == b).all() for a, b in zip(loaded.network.state_dict().values(), tiny.network.state_dict().values()))
+
+
+def test_shards_are_the_files_the_index_names(tiny_dir, tmp_path):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, copy)
+    weights = load_file(copy / "model.safetensors")
+    (copy / "model.safetensors").unlink()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({key: weights[key] for key in keys}, copy / shard)
+    index = {"weight_map": {key: shard for shard, keys in shards.items() for key in keys}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_file({"stale.weight": torch.zeros(3)}, copy / "model-00003-of-00003.safetensors")
+    assert weight_files(copy) == [copy / shard for shard in sorted(shards)]
+    load_llada_v(copy, dtype="float32")
+    (copy / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="names model-00002-of-00002.safetensors"):
+        load_llada_v(copy, dtype="float32")
