@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from redvtp_eval.models.checkpoint import CheckpointError, weight_files
-from redvtp_eval.models.llada_v import load_llada_v
+from redvtp_eval.models.lavida import load_lavida_llada
+from redvtp_eval.models.llada_v import SIGLIP_SO400M_26_LAYERS, load_llada_v, tower_config
 
 
 @pytest.fixture
@@ -101,3 +103,39 @@ def test_shards_are_the_files_the_index_names(tiny_dir, tmp_path):
     (copy / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="names model-00002-of-00002.safetensors"):
         load_llada_v(copy, dtype="float32")
+
+
+def tower_layers(model) -> int:
+    """How many encoder layers the loaded vision tower holds."""
+    found = (re.search(r"vision_tower\..*encoder\.layers\.(\d+)\.", key) for key in model.network.state_dict())
+    return len({match.group(1) for match in found if match})
+
+
+@pytest.mark.parametrize(
+    "family, where, form",
+    [("llada_v", "checkpoint", "siglip"), ("llada_v", "absolute", "vision"), ("lavida_llada", "checkpoint", "vision")],
+)
+def test_a_local_mm_vision_tower_gives_the_tower_config_minus_its_last_layer(
+    family, where, form, tiny_dir, lavida_dirs, tmp_path
+):
+    """As the official builder: the tower's own config.json, then its last layer deleted. The checkpoint holds
+    the truncated tower's weights, so the strict key check passes only with one layer fewer than the config."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir if family == "llada_v" else lavida_dirs[family], copy)
+    config = json.loads((copy / "config.json").read_text())
+    stored = config.pop("vision_config")
+    tower = {**stored, "num_hidden_layers": stored["num_hidden_layers"] + 1, "model_type": "siglip_vision_model"}
+    folder = copy / "siglip-tiny" if where == "checkpoint" else tmp_path / "towers" / "siglip-tiny"
+    folder.mkdir(parents=True)
+    on_disk = {"model_type": "siglip", "vision_config": tower, "text_config": {}} if form == "siglip" else tower
+    (folder / "config.json").write_text(json.dumps(on_disk))
+    config["mm_vision_tower"] = "siglip-tiny" if where == "checkpoint" else str(folder)
+    (copy / "config.json").write_text(json.dumps(config))
+    model = {"llada_v": load_llada_v, "lavida_llada": load_lavida_llada}[family](copy, dtype="float32")
+    assert tower_layers(model) == tower["num_hidden_layers"] - 1 == stored["num_hidden_layers"]
+
+
+def test_a_hub_id_tower_is_siglip_so400m_without_its_last_layer(tmp_path):
+    raw = {"mm_vision_tower": "google/siglip-so400m-patch14-384"}
+    assert tower_config(raw, tmp_path) == SIGLIP_SO400M_26_LAYERS
+    assert tower_config({}, tmp_path)["num_hidden_layers"] == 26
