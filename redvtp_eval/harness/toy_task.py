@@ -1,7 +1,9 @@
 """The synthetic visual task of the toy model: name the colour of the one small box on a page.
 
-Where it sits: ``train_toy`` trains on an endless stream of these samples; ``offline_tasks`` writes two
+Where it sits: ``toy.train`` trains on an endless stream of these samples; ``offline_tasks`` writes two
 held-out splits for lmms-eval; the analysis of which visual tokens a pruner keeps uses ``answer_box``.
+It lives in the harness because the harness's offline tasks are drawn from it (the job writes them on
+first use); ``toy/`` trains and studies the toy model on it from above.
 
 A 384×192 white page holds one 32-px box (2×2 cells) filled with one of six colours (a black digit in
 it), and loose black digits elsewhere; box and digits sit on the 16-px grid of the toy model's patches

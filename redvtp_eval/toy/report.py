@@ -8,7 +8,7 @@
 
 Where it sits: after a sweep of ``python -m redvtp_eval`` (accuracy, latency, throughput, tokens kept
 come from its ``metrics.json`` files), it adds the fraction of the answer region's visual tokens each
-pruner keeps (``toy_analysis``, on the first ``--region-samples`` held-out free-answer samples) and the
+pruner keeps (``toy.analysis``, on the first ``--region-samples`` held-out free-answer samples) and the
 training loss curve, and writes ``results.json``, ``README.md`` and ``loss.png``.
 """
 
