@@ -62,7 +62,7 @@ check-lock: $(LOCK_VENV)/torch.txt
 # The paper's grid (LLaDA-V and LaViDa x ratios x six benchmarks), then results/tables and results/figures. SMOKE=1: the same
 # pipeline on the toy model and the offline toy tasks (CPU, minutes). ARGS: Hydra overrides for every job.
 reproduce-tables: install
-	$(PY) -m redvtp_eval.reproduce $(if $(SMOKE),--smoke) $(ARGS)
+	$(PY) -m redvtp_eval.report.reproduce $(if $(SMOKE),--smoke) $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) checkpoints/tiny-llada-v checkpoints/tiny-lavida-llada checkpoints/tiny-lavida-dream tasks/data

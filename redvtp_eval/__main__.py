@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from redvtp_eval.job import JobError, run_job
+from redvtp_eval.harness.job import JobError, run_job
 from redvtp_eval.models.checkpoint import CheckpointError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -34,7 +34,7 @@ def lavida_dirs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def lavida_models(lavida_dirs) -> dict:
     """Per LaViDa family, the tiny model on SDPA and on eager attention (for naive references)."""
-    from redvtp_eval.families import FAMILIES
+    from redvtp_eval.engine.families import FAMILIES
 
     return {
         family: tuple(

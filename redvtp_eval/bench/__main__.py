@@ -32,7 +32,7 @@ from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
-from redvtp_eval.environment import environment
+from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
 from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import check_ratio

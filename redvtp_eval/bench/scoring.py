@@ -21,13 +21,13 @@ import torch
 
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
-from redvtp_eval.measurement import measure
+from redvtp_eval.engine.sampler import ProbedAttention, transfer_schedule
+from redvtp_eval.harness.measurement import measure
+from redvtp_eval.harness.summary import distribution
 from redvtp_eval.models.attention import PROBED, AttentionProbe
 from redvtp_eval.models.llada_v import LladaV
-from redvtp_eval.pruners import PruneContext, VisualAttention, make_pruner
+from redvtp_eval.pruners import PruneContext, make_pruner
 from redvtp_eval.pruners.base import kept_count
-from redvtp_eval.sampler import transfer_schedule
-from redvtp_eval.summary import distribution
 
 VARIANTS = ("plain", "probed", "official")
 
@@ -74,7 +74,7 @@ def scoring_steps(workload: Workload, ratio: float) -> tuple[dict[str, Callable[
             decoded=response[:decoded],
             response=response,
             prompt_text=prompt_text,
-            attention=VisualAttention(probe, length),
+            attention=ProbedAttention(probe, length),
         )
         pruner.select(context)
 

@@ -3,7 +3,7 @@
 Where it sits: ``python -m redvtp_eval.bench`` runs :func:`speed` on a :class:`~redvtp_eval.bench.workload.Workload`.
 
 Each run is one call of the evaluation's engine, timed like an evaluation sample (see
-:mod:`redvtp_eval.measurement`): ``latency`` = preprocessing + vision encoder + splice + every
+:mod:`redvtp_eval.harness.measurement`): ``latency`` = preprocessing + vision encoder + splice + every
 denoising step + pruning. Per ratio, the unpruned baseline and the pruner run in alternating rounds.
 Besides the sample fields, a run keeps every step's seconds and the (query rows, key positions) of its
 forward, and two derived times: the scoring step (the step after which the pruner is called, plus the
@@ -20,10 +20,10 @@ import torch
 from redvtp_eval.bench.flops import denoising_step_flops, generation_flops
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
-from redvtp_eval.measurement import generation_fields, measure
+from redvtp_eval.engine.sampler import generate
+from redvtp_eval.harness.measurement import generation_fields, measure
+from redvtp_eval.harness.summary import distribution, side
 from redvtp_eval.pruners import Pruner, make_pruner
-from redvtp_eval.sampler import generate
-from redvtp_eval.summary import distribution, side
 
 STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from redvtp_eval.families import family
+from redvtp_eval.engine.families import family
+from redvtp_eval.engine.sampler import GenerationSettings
 from redvtp_eval.models.base import Prompt
 from redvtp_eval.models.llada_v import LladaV, build_network
 from redvtp_eval.models.make_tiny import TINY
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER
-from redvtp_eval.sampler import GenerationSettings
 
 INIT_STD = 0.02
 

@@ -38,13 +38,30 @@ def resolve_checkpoint(name_or_path: str | Path, hub_id: str) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint directory at {path}. Fetch the official weights with `{fetch}`.")
     missing = [name for name in ("config.json",) if not (path / name).is_file()]
-    if not list(path.glob("*.safetensors")):
-        missing.append("*.safetensors")
+    if not weight_files(path):
+        missing.append(f"{INDEX}, model.safetensors or model-*.safetensors")
     if missing:
         raise CheckpointError(
             f"{path} is not a complete checkpoint (missing {', '.join(missing)}); fetch it with `{fetch}`."
         )
     return path
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files that hold the checkpoint's weights: those named by ``model.safetensors.index.json`` (a
+    sharded checkpoint) when it exists, else ``model.safetensors`` and ``model-*.safetensors``. Any other
+    ``.safetensors`` file in the folder (an adapter, a copy of the vision tower, …) is not the model's."""
+    index = path / INDEX
+    if index.is_file():
+        files = [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        absent = [file.name for file in files if not file.is_file()]
+        if absent:
+            raise CheckpointError(f"{index} names {', '.join(absent)}, which {path} lacks: fetch the missing shards")
+        return files
+    return sorted({*path.glob("model.safetensors"), *path.glob("model-*.safetensors")})
 
 
 @dataclass(frozen=True)
@@ -90,12 +107,13 @@ def _describe(keys: set[str], limit: int = 12) -> str:
 def load_weights(
     module: nn.Module, path: Path, dtype: torch.dtype, device: torch.device, key_map: KeyMap = IDENTITY
 ) -> None:
-    """Copy every tensor of the checkpoint into ``module``; the two key sets must be equal after ``key_map``.
+    """Copy every tensor of the checkpoint's :func:`weight_files` into ``module``; the two key sets must be
+    equal after ``key_map``.
 
     The check runs on the file headers before any tensor is read, so a wrong checkpoint fails in
     seconds and the message names the missing and unexpected keys, as the checkpoint names them.
     """
-    files = sorted(path.glob("*.safetensors"))
+    files = weight_files(path)
     on_disk: dict[str, Path] = {}
     for file in files:
         with safe_open(file, framework="pt") as handle:

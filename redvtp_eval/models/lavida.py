@@ -153,7 +153,9 @@ DREAM = LavidaFamily(
 )
 
 
-def lavida_config(family: LavidaFamily, raw: dict, attn_implementation: str) -> LladaVConfig:
+def lavida_config(
+    family: LavidaFamily, raw: dict, attn_implementation: str, checkpoint: Path | None = None
+) -> LladaVConfig:
     pool_mode = raw.get("mm_spatial_pool_mode", "bilinear")
     if pool_mode != "bilinear":
         raise CheckpointError(f"mm_spatial_pool_mode {pool_mode!r}: LaViDa's instruct checkpoints pool bilinearly")
@@ -163,7 +165,9 @@ def lavida_config(family: LavidaFamily, raw: dict, attn_implementation: str) -> 
             f"image_aspect_ratio {aspect!r}: only LaViDa's plain 'anyres' tiling is implemented for one-image prompts"
         )
     text = family.text_config(raw)
-    return LladaVConfig.around(text, raw, attn_implementation, "anyres", PINPOINTS, CROP_POOL_STRIDE)
+    return LladaVConfig.around(
+        text, raw, attn_implementation, "anyres", PINPOINTS, CROP_POOL_STRIDE, checkpoint=checkpoint
+    )
 
 
 class Lavida(LladaV):
@@ -203,7 +207,7 @@ def load_lavida(
 ) -> Lavida:
     check_attention(attn_implementation)
     directory = resolve_checkpoint(path, family.hub_id)
-    config = lavida_config(family, read_config(directory), attn_implementation)
+    config = lavida_config(family, read_config(directory), attn_implementation, directory)
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
     network = build_network(config, torch_dtype, torch_device)
     load_weights(network, directory, torch_dtype, torch_device, family.key_map)

@@ -7,9 +7,11 @@ The network is LLaVA-OneVision-shaped. Language model: LLaDA-8B in Llama form, b
 ``LlamaDecoderLayer`` with the causal flag off (bidirectional attention, no mask). Vision: a SigLIP
 so400m-patch14-384 tower stored already truncated to 26 layers; features are taken before
 ``post_layernorm``. Then the ``mlp2x_gelu`` projector, AnyRes tiling (``anyres_max_4``) and
-``image_newline`` at every row end. The real checkpoint's ``config.json`` has no vision config (the
-official tower hard-codes it); the tiny checkpoints that ``make_tiny`` writes carry a ``vision_config``
-entry instead, and both go through the same code below.
+``image_newline`` at every row end. The real checkpoint's ``config.json`` has no vision config: the
+official builder reads the tower's own config from ``mm_vision_tower`` (a hub id or a local folder) and
+deletes its last layer. :func:`tower_config` does the same for a local folder and takes the so400m values
+for a hub id; the tiny checkpoints that ``make_tiny`` writes carry a ``vision_config`` entry instead (the
+tower as stored, already truncated), and all go through the same code below.
 
 LaViDa (:mod:`redvtp_eval.models.lavida`) is the same network and runtime with other settings: a
 Qwen2-shaped text stack for its Dream backbone (:data:`TEXT_STACKS`), per-crop pooling
@@ -18,6 +20,7 @@ Qwen2-shaped text stack for its Dream backbone (:data:`TEXT_STACKS`), per-crop p
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +46,7 @@ from redvtp_eval.models.base import Prompt
 from redvtp_eval.models.checkpoint import CheckpointError, load_weights, read_config, resolve_checkpoint
 from redvtp_eval.models.prefix_cache import PrefixCache
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER, render_chat, splice_image_tokens, user_message
-from redvtp_eval.timing import Timer
+from redvtp_eval.models.timing import Timer
 
 HUB_ID = "GSAI-ML/LLaDA-V"
 
@@ -57,7 +60,11 @@ SIGLIP_SO400M_26_LAYERS = {
     "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6,
 }
-"""The official tower's hard-coded SigLIP config, with the last of its 27 layers already removed."""
+"""SigLIP so400m-patch14-384's config, with the last of its 27 layers already removed: the tower of a
+``mm_vision_tower`` hub id (``google/siglip-so400m-patch14-384``, ``google/siglip2-so400m-patch14-384``)."""
+
+SIGLIP_VISION_FIELDS = (*SIGLIP_SO400M_26_LAYERS, "num_channels", "attention_dropout")
+"""The fields of a tower's own config.json that shape the network; the rest (model_type, dtype…) are not read."""
 
 TRAINING_PINPOINTS = "(1x1),...,(6x6)"
 """The grid that LLaDA-V's training scripts pass; used when a config.json does not list its pinpoints."""
@@ -80,6 +87,36 @@ SUPPRESSED_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", 
 """Tokens whose logits the official sampler sets to −inf at masked positions (ids 126081, 126080, 126346, 126347)."""
 
 
+def _tower_folder(name: str, checkpoint: Path | None) -> Path | None:
+    """``mm_vision_tower`` as a local folder holding a config.json: a path as written (absolute, ``~``, or
+    relative to the working directory, as the official builder opens it), or relative to the checkpoint
+    folder (a tower shipped next to the weights), checkpoint folder first. None: a hub id."""
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [*([checkpoint / path] if checkpoint else []), path]
+    return next((folder for folder in candidates if (folder / "config.json").is_file()), None)
+
+
+def tower_config(raw: dict, checkpoint: Path | None = None) -> dict:
+    """The SigLIP config of the tower as the network holds it (its last layer removed, as the official
+    builder does after loading): config.json's ``vision_config`` if any (stored truncated); else the
+    config.json of the local folder ``mm_vision_tower`` names (a ``SiglipConfig`` or a vision-only one)
+    with one layer fewer; else, for a hub id or no tower named, the so400m values."""
+    if "vision_config" in raw:
+        return raw["vision_config"]
+    name = raw.get("mm_vision_tower")
+    folder = _tower_folder(name, checkpoint) if name else None
+    if folder is None:
+        return SIGLIP_SO400M_26_LAYERS
+    stored = json.loads((folder / "config.json").read_text())
+    stored = stored.get("vision_config", stored)
+    tower = {key: stored[key] for key in SIGLIP_VISION_FIELDS if key in stored}
+    default_layers = SiglipVisionConfig().num_hidden_layers
+    tower["num_hidden_layers"] = tower.get("num_hidden_layers", default_layers) - 1
+    if tower["num_hidden_layers"] < 1:
+        raise CheckpointError(f"the vision tower of {folder} has no layer left once its last is removed")
+    return tower
+
+
 @dataclass
 class LladaVConfig:
     """A LLaVA-shaped diffusion VLM: a text stack (Llama- or Qwen2-shaped), SigLIP, projector and AnyRes layout."""
@@ -95,14 +132,15 @@ class LladaVConfig:
     """LaViDa pools every AnyRes crop's feature map bilinearly by this stride (27×27 → 14×14); None: no pooling."""
 
     @classmethod
-    def from_dict(cls, raw: dict, attn_implementation: str) -> LladaVConfig:
+    def from_dict(cls, raw: dict, attn_implementation: str, checkpoint: Path | None = None) -> LladaVConfig:
+        """From a checkpoint's config.json; ``checkpoint`` (its folder) resolves a relative ``mm_vision_tower``."""
         text = LlamaConfig(
             **{key: raw[key] for key in TEXT_FIELDS if key in raw},
             attention_bias=False,
             mlp_bias=False,
             tie_word_embeddings=False,
         )
-        return cls.around(text, raw, attn_implementation, "anyres_max_4", TRAINING_PINPOINTS)
+        return cls.around(text, raw, attn_implementation, "anyres_max_4", TRAINING_PINPOINTS, checkpoint=checkpoint)
 
     @classmethod
     def around(
@@ -113,13 +151,14 @@ class LladaVConfig:
         image_aspect_ratio: str,
         pinpoints: str | list,
         crop_pool_stride: int | None = None,
+        checkpoint: Path | None = None,
     ) -> LladaVConfig:
         """The vision side read from a LLaVA-style ``raw`` config around a given text config; the defaults are
         the family's training values, used when config.json does not state them."""
         if raw.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
             raise CheckpointError(f"mm_projector_type {raw['mm_projector_type']!r} is not the expected mlp2x_gelu")
         text._attn_implementation = PROBED.format(attn_implementation)
-        vision = SiglipVisionConfig(**raw.get("vision_config", SIGLIP_SO400M_26_LAYERS), vision_use_head=False)
+        vision = SiglipVisionConfig(**tower_config(raw, checkpoint), vision_use_head=False)
         vision._attn_implementation = attn_implementation
         return cls(
             text=text,
@@ -402,7 +441,7 @@ def load_llada_v(
     """Load the official checkpoint (hub id in the local cache, or a directory), or a tiny one of the same layout."""
     check_attention(attn_implementation)
     directory = resolve_checkpoint(path, HUB_ID)
-    config = LladaVConfig.from_dict(read_config(directory), attn_implementation)
+    config = LladaVConfig.from_dict(read_config(directory), attn_implementation, directory)
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
     network = build_network(config, torch_dtype, torch_device)
     load_weights(network, directory, torch_dtype, torch_device)

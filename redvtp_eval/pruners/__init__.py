@@ -1,4 +1,13 @@
-"""Pruners by name. Adding one: a module with a ``Pruner`` subclass and a line in ``PRUNERS``."""
+"""Pruners: which visual tokens to keep, given what the sampler hands over after a denoising step.
+
+The interface (``base.py``: ``Pruner``, ``PruneContext``, the ``VisualAttention`` protocol), one file per
+method (``redvtp.py``, ``random.py``) and the registry below. Adding one: a module with a ``Pruner``
+subclass and a line in ``PRUNERS``.
+
+May import: torch and ``redvtp_eval.pruners`` itself.
+Must not know: the models, the engine, the harness. A pruner sees positions, spans and (if it asks) an
+attention callable, never a network, a tokenizer or lmms-eval.
+"""
 
 from __future__ import annotations
 

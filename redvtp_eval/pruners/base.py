@@ -11,34 +11,22 @@ Adding a pruner: one file with a :class:`Pruner` subclass, and one line in ``pru
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from redvtp_eval.models.attention import AttentionProbe
 
-
-class VisualAttention:
+class VisualAttention(Protocol):
     """Attention that query positions pay to the visual tokens, averaged over heads and layers, from one forward.
 
-    Columns follow the visual spans in order (image 1's tokens, then image 2's…). Query positions must be
-    outside the visual spans: the sampler records every such row, so any query set can be asked for
-    after the step has committed its tokens.
+    Called with query positions (of the current sequence), it returns one row per query and one column per
+    visual token; columns follow the visual spans in order (image 1's tokens, then image 2's…). The sampler
+    builds it from the step's forward (``engine.sampler.ProbedAttention``); a pruner only calls it, so it
+    never sees the model or how the attention was recorded.
     """
 
-    def __init__(self, probe: AttentionProbe, sequence_length: int) -> None:
-        self._mean = probe.mean()
-        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=probe.rows.device)
-        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=probe.rows.device)
-
-    def __call__(self, queries: Tensor) -> Tensor:
-        rows = self._row_of[queries]
-        if (rows < 0).any():
-            raise ValueError(
-                "no attention was recorded for some query positions: rows are the non-visual positions of the "
-                "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
-            )
-        return self._mean[rows]
+    def __call__(self, queries: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)

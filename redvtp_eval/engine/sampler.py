@@ -1,0 +1,411 @@
+"""The masked-diffusion sampler of LLaDA-V and LaViDa, with a pruner hook between denoising steps.
+
+Where it sits: ``model.prepare(question, images)`` → :func:`generate` → text and a record. It never
+knows which harness or config system called it.
+
+The schedule is the official ``generate_with_embeds``: the canvas is the prompt embeddings followed by
+``gen_length`` masks; the response is filled in ``gen_length / block_length`` blocks, left to right, each
+with ``steps / num_blocks`` steps; a block unmasks ``floor(m / s)`` tokens per step plus one more in the
+first ``m mod s`` steps (m masks, s steps, counted when the block starts). Each step runs the whole
+sequence (no KV cache), suppresses four special tokens at masked positions, takes the argmax x0
+(Gumbel-max when temperature > 0), and commits the masked positions of the current block with the
+highest confidence (float64 softmax probability of x0, or uniform noise for ``random`` remasking).
+After a stop string appears, only positions before it may be committed, and the loop ends once they are.
+
+Two departures, both invisible in greedy outputs: logits are computed for the response positions only
+(the official code runs the LM head over the prompt too and ignores it), so random draws for
+``temperature > 0`` / ``random`` remasking use a different stream than the official code; and with several
+stop strings the earliest occurrence of any of them wins (the official loop can miss a later string's
+earlier occurrence once one was found).
+
+LaViDa's settings are the same loop with other choices (one loop, settings decide): no suppressed tokens
+(the model reports none), no stop string, the per-block ``schedule`` (``uniform`` above, or LaViDa's
+``linear``/``shift``/``logit_normal``/``cosine`` curves, or Dream's ``dream`` timestep rule), the
+``remasking`` confidence (``low_confidence``, ``random``, ``margin`` = Dream's ``topk_margin``, ``entropy``),
+and the **prefix-KV cache** (``prefix_cache``): the prompt is run once (:meth:`prefill`), and every step
+runs only the response positions, which attend to the cached prompt keys/values; the prompt never
+attends to the response. A model with ``shifted_logits`` (Dream) takes its first answer token from the
+prompt pass when the cache is on, as the official code does.
+
+Pruning: after step ``pruner.prune_after_step`` (default 1) the pruner gets the still-masked positions
+and, if it asks, the step's attention from every non-visual position to the visual tokens; the visual
+tokens it does not keep are deleted from the sequence for the rest of the generation. Positions are
+renumbered 0..L'−1 (the official behaviour) unless the pruner keeps the original ones.
+
+Pruning with the prefix cache (beyond the paper): the step's forward has response queries only, so the
+attention recorded is the response rows' (over the full row: cached prompt keys and response keys);
+prompt-row query sets are not available. The pruned tokens' keys and values are dropped from the cache
+of every layer. Positions are then always the original ones: the cached keys carry the rotation of the
+positions they were computed at, and the cached prompt states were computed with every visual token
+present, so the cache minus some entries is exactly "the same prompt, attended to on a subset of its
+keys"; renumbering would re-rotate keys whose values stay those of the original positions, and
+recomputing the prompt would cost the prefill the cache exists to avoid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from redvtp_eval.models.attention import AttentionProbe
+from redvtp_eval.models.base import DiffusionVLM, Prompt
+from redvtp_eval.models.timing import Timer
+from redvtp_eval.pruners.base import PruneContext, Pruner
+
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+SCHEDULES = ("uniform", "linear", "shift", "logit_normal", "cosine", "dream")
+DREAM_EPS = 1e-3
+"""The last time of Dream's timestep grid ``linspace(1, eps, steps + 1)`` (its generation config's ``eps``)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    gen_length: int = 32
+    steps: int = 16
+    block_length: int = 32
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    stop_strings: tuple[str, ...] = ("<|eot_id|>",)
+    schedule: str = "uniform"
+    shift: float = 3.0
+    """The ``shift`` schedule's s (LaViDa's ``schedule__shift``)."""
+    prefix_cache: bool = False
+    """LaViDa's ``prefix_lm``: compute the prompt's keys/values once; response positions attend to them."""
+
+    def __post_init__(self) -> None:
+        if min(self.gen_length, self.steps, self.block_length) < 1:
+            raise ValueError("gen_length, steps and block_length must be positive")
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen_length {self.gen_length} is not a multiple of block_length {self.block_length}")
+        if self.steps % self.num_blocks:
+            raise ValueError(f"steps {self.steps} cannot be split evenly over {self.num_blocks} blocks")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking {self.remasking!r} is not one of {', '.join(REMASKING)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+
+def transfer_schedule(masked: int, steps: int, schedule: str = "uniform", shift: float = 3.0) -> list[int]:
+    """Tokens to unmask at each of ``steps`` steps for a block holding ``masked`` masks (0 after the last)."""
+    if schedule == "uniform":
+        base, remainder = divmod(masked, steps)
+        return [base + (1 if step < remainder else 0) for step in range(steps)]
+    if schedule == "dream":
+        return _dream_schedule(masked, steps)
+    return _curve_schedule(masked, steps, schedule, shift)
+
+
+def _dream_schedule(masked: int, steps: int) -> list[int]:
+    """Dream's default: at step i of the grid t = linspace(1, eps, steps + 1), ``int(m·(1 − t[i+1]/t[i]))`` of
+    the m masks left, and all that remain at the last step (float32, as the official code)."""
+    times = torch.linspace(1, DREAM_EPS, steps + 1)
+    counts, left = [], masked
+    for step in range(steps):
+        count = left if step == steps - 1 else int(left * (1 - times[step + 1] / times[step]))
+        counts.append(count)
+        left -= count
+    return counts
+
+
+def _curve_schedule(masked: int, steps: int, schedule: str, shift: float) -> list[int]:
+    """LaViDa's ``get_num_transfer_tokens_sch``: floor(σ(t)·m) on t = linspace(0, 1, s + 1) with s = min(steps, m),
+    differences raised to at least 1, the excess taken back one token at a time from the front, then reversed."""
+    active = min(steps, masked)
+    if active == 0:
+        return [0] * steps
+    t = torch.linspace(0, 1, active + 1)
+    if schedule == "shift":
+        sigma = shift * t / (1 + (shift - 1) * t)
+    elif schedule == "logit_normal":
+        sigma = 0.5 * (1 + torch.erf(torch.log(t / (1 - t)) / math.sqrt(2.0)))
+    elif schedule == "cosine":
+        sigma = 1 - 0.5 * (1 + torch.cos(math.pi * t))
+    else:
+        sigma = t
+    counts = (sigma * masked).to(torch.int64).diff().clamp(min=1).tolist()
+    excess, index = sum(counts) - masked, 0
+    while excess > 0:
+        index %= len(counts)
+        if counts[index] > 1:
+            counts[index] -= 1
+            excess -= 1
+        index += 1
+    return counts[::-1] + [0] * (steps - active)
+
+
+@dataclass
+class GenerationRecord:
+    """What happened during one generation; seconds are wall-clock, device-synchronised."""
+
+    prompt_tokens: int
+    visual_tokens_before: int
+    visual_tokens_after: int
+    steps: int = 0
+    unmasked_per_step: list[int] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    step_forward: list[tuple[int, int]] = field(default_factory=list)
+    """Per step, (query rows, key positions) of its forward: the whole sequence, or with the prefix cache
+    the response rows against the cached prompt and the response."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    pruned_after_step: int | None = None
+    kept_visual: list[list[int]] | None = None
+    """Per image, the original indices of the visual tokens kept (None: nothing was pruned)."""
+    stop_position: int | None = None
+    answer_tokens: int = 0
+    """Tokens of the returned answer that are not special tokens (the stop string is not returned)."""
+    scores: list[list[Tensor]] = field(default_factory=list)
+    """With ``record_scores``: per step, per image, a score per original visual token (NaN once pruned)."""
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    record: GenerationRecord
+
+
+class _Sequence:
+    """The prompt part of the canvas as it shrinks under pruning, plus the positions of the whole sequence."""
+
+    def __init__(self, prompt: Prompt, gen_length: int) -> None:
+        self.embeds = prompt.embeds
+        self.spans = list(prompt.visual_spans)
+        self.original_index = [torch.arange(end - start, device=prompt.embeds.device) for start, end in self.spans]
+        self.gen_length = gen_length
+        self.positions = torch.arange(len(self.embeds) + gen_length, device=prompt.embeds.device)
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.embeds)
+
+    @property
+    def response(self) -> Tensor:
+        return torch.arange(self.gen_length, device=self.embeds.device) + self.prompt_length
+
+    def visual(self) -> Tensor:
+        device = self.embeds.device
+        return torch.cat([torch.arange(s, e, device=device) for s, e in self.spans] or [self.response[:0]])
+
+    def prompt_text(self) -> Tensor:
+        is_text = torch.ones(self.prompt_length, dtype=torch.bool, device=self.embeds.device)
+        is_text[self.visual()] = False
+        return is_text.nonzero().squeeze(1)
+
+    def keep(self, kept: list[Tensor], keep_positions: bool) -> Tensor:
+        """Delete every visual token not in ``kept`` (per image, indices within its current span); returns the
+        boolean mask of the prompt positions kept."""
+        keep = torch.ones(self.prompt_length, dtype=torch.bool, device=self.embeds.device)
+        for (start, end), indices in zip(self.spans, kept):
+            keep[start:end] = False
+            keep[start + indices] = True
+        spans, removed = [], 0
+        for (start, end), indices in zip(self.spans, kept):
+            removed_before = removed
+            removed += (end - start) - len(indices)
+            spans.append((start - removed_before, start - removed_before + len(indices)))
+        self.original_index = [index[indices] for index, indices in zip(self.original_index, kept)]
+        self.spans = spans
+        self.embeds = self.embeds[keep]
+        if keep_positions:
+            response_positions = self.positions[len(keep) :]
+            self.positions = torch.cat([self.positions[: len(keep)][keep], response_positions])
+        else:
+            self.positions = torch.arange(self.prompt_length + self.gen_length, device=self.embeds.device)
+        return keep
+
+    def full_length_scores(self, scores: list[Tensor], sizes: list[int]) -> list[Tensor]:
+        """Scores over the current visual tokens, placed at their original indices (NaN where pruned)."""
+        out = []
+        for values, index, size in zip(scores, self.original_index, sizes):
+            full = torch.full((size,), float("nan"), device=values.device)
+            full[index] = values.float()
+            out.append(full.cpu())
+        return out
+
+
+def _gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """argmax of exp(logits) / (−log u)^T in float64: the official Gumbel-max sampling; plain argmax at T = 0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.double()
+    noise = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
+    return (logits.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+
+
+def _confidence(logits: Tensor, x0: Tensor, remasking: str, generator: torch.Generator | None) -> Tensor:
+    """Per position, how sure the step is of x0 (float64): the higher, the earlier it is committed."""
+    if remasking == "random":
+        return torch.rand(len(x0), generator=generator, dtype=torch.float64, device=x0.device)
+    probs = torch.softmax(logits.double(), dim=-1)
+    if remasking == "low_confidence":
+        return probs.gather(1, x0[:, None]).squeeze(1)
+    if remasking == "margin":
+        top = probs.topk(2, dim=-1).values
+        return top[:, 0] - top[:, 1]
+    return (probs * torch.log(probs + 1e-10)).sum(dim=-1)
+
+
+def _first_stop(tokens: Tensor, stop_sequences: list[Tensor]) -> int | None:
+    """Index in the response where the earliest complete stop sequence starts."""
+    starts = []
+    for sequence in stop_sequences:
+        if len(sequence) <= len(tokens):
+            hits = (tokens.unfold(0, len(sequence), 1) == sequence).all(dim=1).nonzero()
+            if len(hits):
+                starts.append(int(hits[0]))
+    return min(starts, default=None)
+
+
+class ProbedAttention:
+    """The :class:`~redvtp_eval.pruners.base.VisualAttention` a pruner gets: read from one forward's probe.
+
+    Query positions must be outside the visual spans: the sampler records every such row, so any query set
+    can be asked for after the step has committed its tokens.
+    """
+
+    def __init__(self, probe: AttentionProbe, sequence_length: int) -> None:
+        self._mean = probe.mean()
+        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=probe.rows.device)
+        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=probe.rows.device)
+
+    def __call__(self, queries: Tensor) -> Tensor:
+        rows = self._row_of[queries]
+        if (rows < 0).any():
+            raise ValueError(
+                "no attention was recorded for some query positions: rows are the non-visual positions of the "
+                "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
+            )
+        return self._mean[rows]
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionVLM,
+    prompt: Prompt,
+    settings: GenerationSettings,
+    pruner: Pruner | None = None,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Fill ``settings.gen_length`` masked positions after ``prompt``; batch size 1."""
+    pruner = pruner or Pruner()
+    device = model.device
+    timer = Timer(device)
+    mask_id = model.mask_token_id
+    suppressed = torch.tensor(model.suppressed_token_ids, dtype=torch.long, device=device)
+    stop_sequences = [torch.tensor(model.encode_text(s), device=device) for s in settings.stop_strings]
+    stop_sequences = [sequence for sequence in stop_sequences if len(sequence)]
+    sizes = [end - start for start, end in prompt.visual_spans]
+    sequence = _Sequence(prompt, settings.gen_length)
+    tokens = torch.full((settings.gen_length,), mask_id, dtype=torch.long, device=device)
+    record = GenerationRecord(
+        prompt_tokens=sequence.prompt_length,
+        visual_tokens_before=prompt.visual_tokens,
+        visual_tokens_after=prompt.visual_tokens,
+        seconds=dict(prompt.seconds),
+    )
+    steps_per_block = settings.steps // settings.num_blocks
+    stop_at: int | None = None
+    pruned = False
+    cache = None
+    if settings.prefix_cache:
+        with timer("prefill"):
+            cache, last_logits = model.prefill(prompt.embeds, sequence.positions[: sequence.prompt_length])
+            if model.shifted_logits:
+                tokens[0] = last_logits.argmax()
+
+    for block in range(settings.num_blocks):
+        lo, hi = block * settings.block_length, (block + 1) * settings.block_length
+        if stop_at is not None and stop_at <= lo:
+            break
+        masked_in_block = int((tokens[lo:hi] == mask_id).sum())
+        schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
+        for block_step in range(steps_per_block):
+            masked = tokens == mask_id
+            if stop_at is not None and not masked[:stop_at].any():
+                break
+            if not masked[lo:hi].any():
+                break
+            record.steps += 1
+            prune_now = not pruned and record.steps == pruner.prune_after_step
+            probe = None
+            if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
+                rows = (
+                    sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
+                )
+                probe = AttentionProbe(rows, sequence.visual())
+
+            with timer("step"):
+                if cache is None:
+                    embeds = torch.cat([sequence.embeds, model.embed(tokens)])
+                    logits = model.logits(embeds, sequence.positions, sequence.response, probe)
+                    record.step_forward.append((len(embeds), len(embeds)))
+                else:
+                    response_positions = sequence.positions[sequence.prompt_length :]
+                    at = torch.arange(settings.gen_length, device=device)
+                    logits = model.logits(model.embed(tokens), response_positions, at, probe, cache)
+                    record.step_forward.append((settings.gen_length, cache.length + settings.gen_length))
+                logits[:, suppressed] = torch.where(masked[:, None], float("-inf"), logits[:, suppressed])
+                x0 = _gumbel_argmax(logits, settings.temperature, generator)
+                confidence = _confidence(logits, x0, settings.remasking, generator)
+                confidence[(stop_at if stop_at is not None else hi) :] = float("-inf")
+                confidence = torch.where(masked, confidence, float("-inf"))
+                count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
+                chosen = torch.topk(confidence, count).indices
+                tokens[chosen] = x0[chosen]
+                if stop_sequences:
+                    found = _first_stop(tokens, stop_sequences)
+                    if found is not None and (stop_at is None or found < stop_at):
+                        stop_at = found
+            record.step_seconds.append(timer.seconds.pop("step"))
+            record.unmasked_per_step.append(count)
+
+            if probe is None and not prune_now:
+                continue
+            with timer("prune"):
+                context = PruneContext(
+                    step=record.steps,
+                    visual_spans=list(sequence.spans),
+                    masked=(tokens == mask_id).nonzero().squeeze(1) + sequence.prompt_length,
+                    decoded=chosen.sort().values + sequence.prompt_length,
+                    response=sequence.response,
+                    prompt_text=sequence.prompt_text(),
+                    attention=(
+                        ProbedAttention(probe, sequence.prompt_length + settings.gen_length)
+                        if probe is not None
+                        else None
+                    ),
+                    generator=generator,
+                )
+                if pruner.record_scores:
+                    scores = pruner.scores(context)
+                    record.scores.append(sequence.full_length_scores(scores, sizes) if scores else [])
+                if prune_now:
+                    pruned = True
+                    kept = pruner.select(context)
+                    if kept is not None:
+                        prompt_kept = sequence.keep(kept, pruner.keep_positions or cache is not None)
+                        if cache is not None:
+                            cache.keep(prompt_kept)
+                        record.pruned_after_step = record.steps
+                        record.kept_visual = [index.tolist() for index in sequence.original_index]
+                        record.visual_tokens_after = sum(len(index) for index in kept)
+
+    record.stop_position = stop_at
+    record.seconds["denoise"] = sum(record.step_seconds)
+    record.seconds["first_step"] = record.step_seconds[0] if record.step_seconds else 0.0
+    record.seconds["prune"] = timer.seconds.get("prune", 0.0)
+    record.seconds["prefill"] = timer.seconds.get("prefill", 0.0)
+    token_ids = tokens[:stop_at].tolist() if stop_at is not None else tokens.tolist()
+    record.answer_tokens = sum(token not in model.special_token_ids for token in token_ids)
+    return Generation(text=model.decode(token_ids), token_ids=token_ids, record=record)

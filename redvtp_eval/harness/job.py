@@ -1,0 +1,259 @@
+"""One job: one model × task × pruner × ratio, evaluated through lmms-eval into one directory.
+
+Where it sits: ``python -m redvtp_eval`` (Hydra) calls :func:`run_job` with the composed config and the
+job directory that Hydra chose. The job checks its inputs, then lets lmms-eval drive the adapter of
+:mod:`redvtp_eval.harness.lmms_adapter`, which writes ``samples.jsonl`` as samples finish; lmms-eval scores the
+pruned answers and, replayed, the paired unpruned ones; the job then writes ``metrics.json`` last,
+which marks the job as finished.
+
+Job directory: ``config.yaml`` (the resolved job config), ``environment.json``, ``samples.jsonl``,
+``lmms_eval_results.json`` (+ ``lmms_eval_baseline_results.json``), ``metrics.json``, and W&B files;
+``failed.json`` (the error and its traceback) when the job stopped on an exception.
+Re-running the same command skips a finished job and resumes a half-finished one from ``samples.jsonl``.
+
+Data parallelism: under ``accelerate launch`` every rank runs this job on its share of the samples
+(lmms-eval splits them by rank) and logs to its own file; rank 0 merges the logs and writes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from redvtp_eval.engine.families import FAMILIES
+from redvtp_eval.harness.environment import environment
+from redvtp_eval.harness.offline_tasks import TASKS_DIR, ensure_offline_tasks
+from redvtp_eval.harness.samples_log import SamplesLog, log_path, read_all
+from redvtp_eval.harness.summary import format_table, summarize
+from redvtp_eval.harness.tracking import wandb_run
+from redvtp_eval.models.checkpoint import resolve_checkpoint
+from redvtp_eval.models.make_tiny import make_tiny
+from redvtp_eval.pruners.base import check_ratio
+
+RUN_ONLY_KEYS = ("wandb",)
+"""Config keys that may change between a run and its resumption (where results are logged, not what they are)."""
+FAILED = "failed.json"
+
+
+class JobError(Exception):
+    """A problem with the job's inputs; the message says what to do."""
+
+
+def job_config(cfg: DictConfig) -> dict:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {key: value for key, value in resolved.items() if key not in RUN_ONLY_KEYS}
+
+
+def claim_directory(job_dir: Path, config: dict) -> None:
+    """Record the job's config, or check that a resumed job's directory holds the same one."""
+    path = job_dir / "config.yaml"
+    if path.exists():
+        previous = yaml.safe_load(path.read_text())
+        if previous != config:
+            raise JobError(
+                f"{job_dir} holds a run with another configuration; delete the directory or choose another "
+                f"(hydra.run.dir=...). Stored: {previous}, now: {config}"
+            )
+    else:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def check_family(cfg: DictConfig) -> None:
+    """The model's family exists and the task says how to generate with it."""
+    if cfg.model.family not in FAMILIES:
+        raise JobError(f"model family {cfg.model.family!r} is not one of {', '.join(FAMILIES)}")
+    if cfg.model.family not in cfg.task.generation:
+        raise JobError(
+            f"task {cfg.task.name} has no generation settings for {cfg.model.family}; "
+            f"add generation.{cfg.model.family} to its configs/task file"
+        )
+
+
+def checkpoint_path(cfg: DictConfig) -> str:
+    """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
+    local = Path(cfg.model.path).expanduser()
+    if cfg.model.make_tiny and not (local / "config.json").exists():
+        make_tiny(local, family=cfg.model.family)
+    hub_id = FAMILIES[cfg.model.family].hub_id
+    return str(resolve_checkpoint(local.resolve() if local.exists() else cfg.model.path, hub_id))
+
+
+def task_manager_for(cfg: DictConfig):
+    """lmms-eval's task index: our offline tasks, plus lmms-eval's own unless the task is offline. Never downloads."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lmms_eval.tasks import TaskManager
+
+    if cfg.task.offline:
+        ensure_offline_tasks()
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.offline)
+
+
+def load_task(task_manager, name: str) -> None:
+    """Load the task's data now, so that a missing dataset fails before any model is loaded."""
+    from lmms_eval.tasks import get_task_dict
+    from lmms_eval.utils import load_yaml_config
+
+    if name not in task_manager.all_tasks:
+        raise JobError(f"lmms-eval has no task {name!r}")
+    try:
+        get_task_dict([name], task_manager)
+    except Exception as error:
+        source = load_yaml_config(task_manager.task_index[name]["yaml_path"], mode="simple")
+        dataset = source.get("dataset_path", "?")
+        raise JobError(
+            f"the data of {name} ({dataset}) is not in the local Hugging Face cache and this tool never "
+            f"downloads. On a machine with network access run `huggingface-cli download --repo-type dataset "
+            f"{dataset}` (or `lmms-eval --model dummy --tasks {name}` to fill the datasets cache), then copy "
+            f"the cache here. ({type(error).__name__}: {error})"
+        ) from None
+
+
+def launch_rank() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as ``accelerate launch`` / torchrun set them; (0, 0, 1) in one process."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
+def model_args(cfg: DictConfig, checkpoint: str) -> str:
+    """The adapter's arguments as lmms-eval records them: pruner and ratio tell runs apart in its outputs."""
+    _, local_rank, world_size = launch_rank()
+    device = cfg.model.device
+    if world_size > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+    args = {
+        "pretrained": checkpoint,
+        "family": cfg.model.family,
+        "pruner": cfg.pruner.name,
+        "dtype": cfg.model.dtype,
+        "device": device,
+        "attn_implementation": cfg.model.attn_implementation,
+        "paired_baseline": cfg.paired_baseline,
+        "warmup": cfg.warmup,
+        "seed": cfg.seed,
+    }
+    if cfg.pruner.name != "none":
+        args["ratio"] = cfg.ratio
+    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag")}
+    return ",".join(f"{key}={value}" for key, value in args.items())
+
+
+def sample_score(sample: dict, metric: str) -> float | None:
+    """A sample's value of the task's metric: a number, or the ``score`` inside a per-sample record (MME)."""
+    value = sample.get(metric.split(",")[0])
+    if isinstance(value, dict):
+        value = value.get("score")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def evaluate(model, model_arguments: str | None, cfg: DictConfig, task_manager) -> dict:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.utils import get_datetime_str
+
+    generation = cfg.task.generation[cfg.model.family]
+    return simple_evaluate(
+        model=model,
+        model_args=model_arguments,
+        tasks=[cfg.task.name],
+        task_manager=task_manager,
+        gen_kwargs=",".join(f"{key}={value}" for key, value in generation.items()),
+        limit=cfg.limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        process_docs_parallel=1,
+        random_seed=cfg.seed,
+        datetime_str=get_datetime_str(),
+        verbosity="WARNING",
+    )
+
+
+def dump(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict | None:
+    """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun.
+
+    Returns the metrics on rank 0 (None on the other ranks of a data-parallel run).
+    """
+    check_ratio(cfg.ratio)
+    check_family(cfg)
+    checkpoint = checkpoint_path(cfg)
+    rank, _, world_size = launch_rank()
+    metrics_path = job_dir / "metrics.json"
+    config = job_config(cfg)
+    if rank == 0:
+        claim_directory(job_dir, config)
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        print(f"already finished: {job_dir}\n{format_table(metrics, cfg.pruner.tag)}")
+        return metrics
+    failure = job_dir / FAILED
+    if rank == 0:
+        failure.unlink(missing_ok=True)
+    try:
+        return _run(cfg, job_dir, checkpoint, config, sweep, rank, world_size)
+    except Exception as error:
+        if rank == 0:
+            dump(failure, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        raise
+
+
+def _run(
+    cfg: DictConfig, job_dir: Path, checkpoint: str, config: dict, sweep: str | None, rank: int, world_size: int
+) -> dict | None:
+    task_manager = task_manager_for(cfg)
+    load_task(task_manager, cfg.task.name)
+    if rank == 0:
+        dump(job_dir / "environment.json", environment(cfg.model.device))
+
+    name = f"{cfg.model.path}/{cfg.task.name}/{cfg.pruner.tag}"
+    settings = cfg.wandb if rank == 0 else OmegaConf.create({"mode": "disabled"})
+    with wandb_run(settings, job_dir, config, name, sweep) as tracker:
+        from redvtp_eval.harness.lmms_adapter import PrunedDiffusionVLM, RecordedAnswers
+
+        arguments = model_args(cfg, checkpoint)
+        own_log = str(log_path(job_dir, rank, world_size))
+        adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": own_log})
+        results = evaluate(adapter, arguments, cfg, task_manager)
+        entries = read_all(job_dir, world_size)
+        name, metric = cfg.task.name, cfg.task.metric
+        baseline = None
+        if any(entry.get("baseline") for entry in entries):
+            answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
+            baseline = evaluate(RecordedAnswers(answers, adapter.device), None, cfg, task_manager)
+        if rank != 0:
+            return None
+        pruned_samples = {sample["doc_id"]: sample for sample in results.pop("samples")[name]}
+        dump(job_dir / "lmms_eval_results.json", results)
+        baseline_score, baseline_samples = None, {}
+        if baseline is not None:
+            baseline_samples = {sample["doc_id"]: sample for sample in baseline.pop("samples")[name]}
+            dump(job_dir / "lmms_eval_baseline_results.json", baseline)
+            baseline_score = baseline["results"][name][metric]
+        for entry in entries:
+            sample = pruned_samples[entry["doc_id"]]
+            entry["target"] = sample["target"]
+            entry["score"] = sample_score(sample, metric)
+            if entry.get("baseline"):
+                entry["baseline"]["score"] = sample_score(baseline_samples[entry["doc_id"]], metric)
+        SamplesLog(job_dir / "samples.jsonl").rewrite(entries)
+        metrics = {
+            "model": cfg.model.path,
+            "task": name,
+            "metric": metric,
+            "pruner": cfg.pruner.name,
+            "ratio": cfg.ratio if cfg.pruner.name != "none" else 1.0,
+            "world_size": world_size,
+            **summarize(entries, results["results"][name][metric], baseline_score),
+        }
+        tracker.log_job(metrics, entries)
+    dump(job_dir / "metrics.json", metrics)
+    print(format_table(metrics, cfg.pruner.tag))
+    return metrics

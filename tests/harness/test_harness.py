@@ -1,0 +1,156 @@
+"""The command line end to end: job directory, skip, resume after a kill, sweeps, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+QUICK = [
+    "wandb.mode=disabled",
+    "task.generation.llada_v.gen_length=8",
+    "task.generation.llada_v.steps=4",
+    "task.generation.llada_v.block_length=8",
+    "warmup=0",
+]
+
+
+def command(*overrides: str, multirun: bool = False) -> list[str]:
+    return [sys.executable, "-m", "redvtp_eval", *(["-m"] if multirun else []), *QUICK, *overrides]
+
+
+def run(*overrides: str, multirun: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*overrides, multirun=multirun), capture_output=True, text=True, timeout=timeout)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_default_job_writes_its_directory_then_is_skipped(tmp_path):
+    job = tmp_path / "job"
+    first = run(f"hydra.run.dir={job}", "limit=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert {"config.yaml", "environment.json", "samples.jsonl", "lmms_eval_results.json", "metrics.json"} <= {
+        p.name for p in job.iterdir()
+    }
+    samples = lines(job / "samples.jsonl")
+    assert [s["doc_id"] for s in samples] == [0, 1]
+    assert all(s["target"] and s["score"] is not None and s["baseline"]["score"] is not None for s in samples)
+    assert all(s["visual_tokens_before"] == 444 and s["visual_tokens_after"] == 222 for s in samples)
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["samples"] == 2 and metrics["failed"] == 0
+    assert metrics["pruned"]["latency_s"]["raw"] == [s["latency_s"] for s in samples]
+    assert metrics["unpruned"]["latency_s"]["raw"] == [s["baseline"]["latency_s"] for s in samples]
+    assert first.stdout.rstrip().splitlines()[-1] == "samples: 2, failed: 0"
+    assert "speed-up (unpruned p50 / pruned p50)" in first.stdout
+
+    again = run(f"hydra.run.dir={job}", "limit=2")
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert lines(job / "samples.jsonl") == samples
+
+
+def test_a_killed_job_resumes_without_losing_or_repeating_samples(tmp_path):
+    job = tmp_path / "job"
+    log = job / "samples.jsonl"
+    process = subprocess.Popen(
+        command(f"hydra.run.dir={job}", "limit=4"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (log.exists() and log.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = lines(log)
+    assert 1 <= len(before) < 4 and not (job / "metrics.json").exists()
+
+    resumed = run(f"hydra.run.dir={job}", "limit=4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = lines(log)
+    assert [s["doc_id"] for s in after] == [0, 1, 2, 3]
+    assert [s["latency_s"] for s in after[: len(before)]] == [s["latency_s"] for s in before]
+
+
+def test_a_sweep_over_two_ratios(tmp_path):
+    result = run("ratio=1.0,0.25", "limit=1", f"hydra.sweep.dir={tmp_path}", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = {}
+    for metrics_file in tmp_path.rglob("metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        kept[metrics["ratio"]] = metrics["pruned"]["visual_tokens_after"]
+    assert kept == {1.0: 444, 0.25: 111}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=gpt5"], "Available options in 'model'"),
+        (["task=vqav9"], "Available options in 'task'"),
+        (["pruner=fastv"], "Available options in 'pruner'"),
+        (["ratio=0"], "error: ratio is the fraction of visual tokens kept and must lie in (0, 1], got 0"),
+        (["ratio=1.5"], "must lie in (0, 1], got 1.5"),
+        (["model.path=/nowhere/LLaDA-V", "model.make_tiny=false"], "huggingface-cli download GSAI-ML/LLaDA-V"),
+        (
+            ["model=lavida_llada", "model.path=/nowhere"],
+            "huggingface-cli download jacklishufan/lavida-llada-v1.0-instruct",
+        ),
+    ],
+)
+def test_bad_input_gives_a_message_not_a_traceback(tmp_path, overrides, message):
+    result = run(f"hydra.run.dir={tmp_path / 'job'}", *overrides, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_paper_benchmark_without_local_data_says_how_to_fetch_it(tmp_path):
+    result = run(f"hydra.run.dir={tmp_path / 'job'}", "task=docvqa_val", timeout=180)
+    assert result.returncode == 2
+    assert (
+        "lmms-lab-encoder/DocVQA" in result.stderr and "huggingface-cli download --repo-type dataset" in result.stderr
+    )
+    assert not (tmp_path / "job" / "samples.jsonl").exists()
+
+
+def test_a_job_that_raises_leaves_failed_json_and_no_metrics(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from redvtp_eval.harness import job
+    from redvtp_eval.report.reproduce import CONFIG_DIR
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(job, "evaluate", out_of_memory)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=redvtp_toy_mcq", "limit=2", "wandb.mode=disabled"])
+    with pytest.raises(RuntimeError):
+        job.run_job(cfg, tmp_path / "job")
+    failure = json.loads((tmp_path / "job" / job.FAILED).read_text())
+    assert failure["error"] == "RuntimeError: CUDA out of memory"
+    assert "out_of_memory" in failure["traceback"]
+    assert not (tmp_path / "job" / "metrics.json").exists()
+
+
+def test_a_lavida_job_runs_end_to_end(tmp_path):
+    """The tiny LaViDa-LLaDA (random weights: its answers are noise) through the same job as LLaDA-V. A 384×192
+    toy page takes the 1×2 pinpoint: 196 pooled base tokens + 8 un-padded rows of 14 tiles and a newline."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", "model=tiny_lavida_llada", f"model.path={tmp_path / 'tiny'}", "limit=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = lines(job / "samples.jsonl")
+    assert [s["visual_tokens_before"] for s in samples] == [196 + 8 * 15] * 2
+    assert all(s["visual_tokens_after"] == 158 and s["baseline"]["visual_tokens_after"] == 316 for s in samples)
+    config = (job / "config.yaml").read_text()
+    assert "family: lavida_llada" in config and "step_ratio: 0.5" in config
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["samples"] == 2 and metrics["failed"] == 0
