@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.harness.environment import environment
-from redvtp_eval.harness.offline_tasks import TASKS_DIR, ensure_offline_tasks
+from redvtp_eval.harness.offline_tasks import ROOT, TASKS_DIR, ensure_offline_tasks
 from redvtp_eval.harness.samples_log import SamplesLog, log_path, read_all
 from redvtp_eval.harness.summary import format_table, summarize
 from redvtp_eval.harness.tracking import wandb_run
@@ -75,9 +75,18 @@ def check_family(cfg: DictConfig) -> None:
         )
 
 
+def project_path(path: str) -> Path:
+    """A relative path of the configs (``checkpoints/toy-llada-v``) is the project's, wherever the job is started;
+    one that exists where the job was started is taken as the user meant it. Hub ids pass through."""
+    given = Path(path).expanduser()
+    if given.is_absolute() or given.exists() or not (ROOT / given.parts[0]).exists():
+        return given
+    return ROOT / given
+
+
 def checkpoint_path(cfg: DictConfig) -> str:
     """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
-    local = Path(cfg.model.path).expanduser()
+    local = project_path(cfg.model.path)
     if cfg.model.make_tiny and not (local / "config.json").exists():
         make_tiny(local, family=cfg.model.family)
     hub_id = FAMILIES[cfg.model.family].hub_id

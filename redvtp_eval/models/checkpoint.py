@@ -27,7 +27,8 @@ def resolve_checkpoint(name_or_path: str | Path, hub_id: str) -> Path:
     """A local directory holding ``config.json`` and safetensors, from a path or a hub id in the HF cache."""
     path = Path(name_or_path).expanduser()
     fetch = f"huggingface-cli download {hub_id} --local-dir <dir>"
-    if not path.exists() and str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/")):
+    hub_like = str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/", "~"))
+    if not path.exists() and hub_like and not path.parent.is_dir():
         try:
             path = Path(snapshot_download(str(name_or_path), local_files_only=True))
         except LocalEntryNotFoundError:
