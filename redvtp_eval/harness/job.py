@@ -84,6 +84,14 @@ def project_path(path: str) -> Path:
     return ROOT / given
 
 
+def check_limit(cfg: DictConfig) -> None:
+    """A ``limit`` that a task cannot score is refused before anything loads (MME scores whole question pairs:
+    cut one and lmms-eval fails after every sample was generated, and again on every resume)."""
+    step = cfg.task.get("limit_step", 1)
+    if cfg.limit is not None and cfg.limit % step:
+        raise JobError(f"task {cfg.task.name} is scored in groups of {step} rows: use a limit divisible by {step}")
+
+
 def checkpoint_path(cfg: DictConfig) -> str:
     """The model's checkpoint as a local directory or a cached hub id; the tiny one is written on first use."""
     local = project_path(cfg.model.path)
@@ -193,6 +201,7 @@ def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict | 
     """
     check_ratio(cfg.ratio)
     check_family(cfg)
+    check_limit(cfg)
     checkpoint = checkpoint_path(cfg)
     rank, _, world_size = launch_rank()
     metrics_path = job_dir / "metrics.json"

@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from redvtp_eval.harness.job import JobError, check_family, checkpoint_path, load_task, task_manager_for
+from redvtp_eval.harness.job import JobError, check_family, check_limit, checkpoint_path, load_task, task_manager_for
 from redvtp_eval.models.checkpoint import CheckpointError
 from redvtp_eval.report.report import report
 from redvtp_eval.report.sweep import grid
@@ -51,6 +51,7 @@ def missing_inputs(experiment: str, overrides: list[str]) -> list[str]:
         cfg = compose_job([f"experiment={experiment}", *overrides, f"model={model}", f"task={task}"])
         try:
             check_family(cfg)
+            check_limit(cfg)
         except JobError as error:
             problems.append(f"model {model} on task {task}: {error}")
             continue

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 QUICK = [
     "wandb.mode=disabled",
@@ -154,3 +155,17 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
     assert "family: lavida_llada" in config and "step_ratio: 0.5" in config
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["samples"] == 2 and metrics["failed"] == 0
+
+
+def test_an_mme_limit_that_cuts_a_question_pair_is_refused_before_anything_loads(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from redvtp_eval.harness import job
+    from redvtp_eval.report.reproduce import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", f"model.path={tmp_path / 'tiny'}", "task=mme", "limit=3"])
+    with pytest.raises(job.JobError, match="task mme is scored in groups of 2 rows: use a limit divisible by 2"):
+        job.run_job(cfg, tmp_path / "job")
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "job").exists()
+    job.check_limit(OmegaConf.merge(cfg, {"limit": 4}))
