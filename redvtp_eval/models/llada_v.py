@@ -262,6 +262,10 @@ class PromptTooLongError(ValueError):
     """The prompt does not fit the model's context; the sample cannot be run as is."""
 
 
+class ImageTagError(ValueError):
+    """The question's own ``<image>`` tags do not match its images; the sample cannot be run as is."""
+
+
 class LladaV:
     """LLaDA-V at inference: tokenizer, image processing, prompt construction and the network."""
 
@@ -295,7 +299,7 @@ class LladaV:
         """Token ids of the full chat prompt, one :data:`IMAGE_PLACEHOLDER` per image."""
         ids = splice_image_tokens(self.render(user_message(question, num_images, think_mode)), self.tokenizer)
         if ids.count(IMAGE_PLACEHOLDER) != num_images:
-            raise ValueError(f"the question holds {ids.count(IMAGE_PLACEHOLDER) - num_images} extra <image> tags")
+            raise ImageTagError(f"the prompt holds {ids.count(IMAGE_PLACEHOLDER)} <image> tags for {num_images} images")
         return ids
 
     def render(self, user: str) -> str:

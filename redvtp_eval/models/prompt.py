@@ -47,7 +47,11 @@ def user_message(question: str, num_images: int, think_mode: str | None = None) 
     """The user turn of the lmms-eval wrapper: ``<image>\\n{question}``, with `` /no_think`` or `` /think``.
 
     Several images become ``<image> <image>\\n{question}``, as the wrapper joins the placeholders with spaces.
+    A question that holds ``<image>`` already is passed through as it is, without the think suffix, as the
+    official LLaDA-V and LaViDa wrappers do.
     """
+    if IMAGE_TOKEN in question:
+        return question
     text = question
     if num_images:
         text = " ".join([IMAGE_TOKEN] * num_images) + "\n" + question

@@ -86,6 +86,28 @@ def test_an_undecodable_image_is_a_recorded_failure(tiny_dir, tmp_path):
     assert [s["doc_id"] for s in results["samples"]["broken_docvqa"]] == [0, 1, 2]
 
 
+def test_a_context_that_holds_image_tags_runs_as_the_official_wrapper_runs_it(tiny_dir, tmp_path):
+    """One tag for one image: used where it stands. Two tags for one image: that sample fails, the job goes on."""
+    tasks_dir = tmp_path / "tasks"
+    (tasks_dir / "data").mkdir(parents=True)
+    shutil.copy(TASKS_DIR / "utils.py", tasks_dir)
+    yaml = (TASKS_DIR / "redvtp_toy_docvqa.yaml").read_text().replace("task: redvtp_toy_docvqa", "task: tagged_docvqa")
+    (tasks_dir / "tagged_docvqa.yaml").write_text(yaml.replace("data/redvtp_toy_docvqa.parquet", "data/tagged.parquet"))
+    frame = pd.read_parquet(TASKS_DIR / "data" / "redvtp_toy_docvqa.parquet").head(3)
+    frame.loc[1, "question"] = "Compare <image> with <image>: what color is the box?"
+    frame.loc[2, "question"] = "<image>\nWhat color is the box?"
+    frame.to_parquet(tasks_dir / "data" / "tagged.parquet", index=False)
+
+    evaluate(tiny_dir, tasks_dir, "tagged_docvqa", tmp_path / "log.jsonl", 3, pruner="none")
+    logged = SamplesLog(tmp_path / "log.jsonl").read()
+    assert [entry["failed"] for entry in logged] == [
+        None,
+        "ImageTagError: the prompt holds 2 <image> tags for 1 images",
+        None,
+    ]
+    assert logged[2]["visual_tokens_before"] == logged[0]["visual_tokens_before"] > 0
+
+
 def test_the_entry_point_registers_the_adapter_with_lmms_eval():
     from lmms_eval.models import get_model
 

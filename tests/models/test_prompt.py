@@ -34,5 +34,6 @@ def test_nothing_is_dropped_without_a_leading_bos(tiny):
 def test_think_mode_suffixes_and_several_images():
     assert user_message("Q", 2, "think") == "<image> <image>\nQ /think"
     assert user_message("Q", 0) == "Q"
+    assert user_message("Compare <image> and <image>", 2, "no_think") == "Compare <image> and <image>"
     with pytest.raises(ValueError, match="think_mode"):
         user_message("Q", 1, "maybe")
