@@ -93,8 +93,6 @@ def checkpoint_path(cfg: DictConfig) -> str:
 
 def task_manager_for(cfg: DictConfig):
     """lmms-eval's task index: our offline tasks, plus lmms-eval's own unless the task is offline. Never downloads."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lmms_eval.tasks import TaskManager
 
     if cfg.task.offline:

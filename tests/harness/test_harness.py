@@ -154,3 +154,17 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
     assert "family: lavida_llada" in config and "step_ratio: 0.5" in config
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["samples"] == 2 and metrics["failed"] == 0
+
+
+def test_offline_variables_are_set_before_huggingface_hub_reads_them():
+    """huggingface_hub copies HF_HUB_OFFLINE into a constant at import: the package must set it first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    for entry in ("redvtp_eval.__main__", "redvtp_eval.report.reproduce", "redvtp_eval.bench.__main__"):
+        code = f"import {entry}, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[-1] == "True", entry
