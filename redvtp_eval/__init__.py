@@ -11,3 +11,11 @@ users of the stages below, and nothing but the entry points and the tests import
 allowed imports is ``ALLOWED`` in ``tests/test_layout.py``. Only the entry point ``python -m redvtp_eval``
 (``__main__.py``) lives at this level.
 """
+
+import os
+
+# Nothing is downloaded by this tool. huggingface_hub copies HF_HUB_OFFLINE into a constant when it is first
+# imported, so the variables are set here, before any module of the package can import it (a user's own
+# setting wins).
+for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_variable, "1")

@@ -51,7 +51,7 @@ def bench_config(cfg: DictConfig) -> dict:
             {
                 "model": {key: cfg.model[key] for key in ("family", "dtype", "device", "attn_implementation")},
                 "bench_size": cfg.bench_size,
-                "bench_shape": cfg.bench_shape,
+                "bench_shape": OmegaConf.to_container(cfg.bench_shape, resolve=True),  # its task refers to the root
                 "pruner": pruner,
                 **plain,
             }

@@ -124,12 +124,15 @@ class Family:
     """(path, dtype=, device=, attn_implementation=) → the model."""
     hub_id: str
     settings: Callable[[dict], tuple[GenerationSettings, str | None]]
+    dtype: str
+    """The official evaluation's precision: LLaDA-V's builder loads float16 (tower and pixels too), LaViDa's
+    wrapper casts to bfloat16."""
 
 
 FAMILIES: dict[str, Family] = {
-    "llada_v": Family(load_llada_v, LLADA_V_HUB_ID, llada_v_settings),
-    "lavida_llada": Family(lavida.load_lavida_llada, lavida.LLADA_HUB_ID, lavida_llada_settings),
-    "lavida_dream": Family(lavida.load_lavida_dream, lavida.DREAM_HUB_ID, lavida_dream_settings),
+    "llada_v": Family(load_llada_v, LLADA_V_HUB_ID, llada_v_settings, "float16"),
+    "lavida_llada": Family(lavida.load_lavida_llada, lavida.LLADA_HUB_ID, lavida_llada_settings, "bfloat16"),
+    "lavida_dream": Family(lavida.load_lavida_dream, lavida.DREAM_HUB_ID, lavida_dream_settings, "bfloat16"),
 }
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.harness.environment import environment
+from redvtp_eval.harness.lmms_plugin import link_lmms_eval_tasks
 from redvtp_eval.harness.offline_tasks import ROOT, TASKS_DIR, ensure_offline_tasks
 from redvtp_eval.harness.samples_log import SamplesLog, log_path, read_all
 from redvtp_eval.harness.summary import format_table, summarize
@@ -73,6 +74,12 @@ def check_family(cfg: DictConfig) -> None:
             f"task {cfg.task.name} has no generation settings for {cfg.model.family}; "
             f"add generation.{cfg.model.family} to its configs/task file"
         )
+    tasks = cfg.task.get("tasks", {}).get(cfg.protocol.name, {})
+    if cfg.model.family not in tasks:
+        raise JobError(
+            f"task {cfg.task.name} names no lmms-eval task for protocol={cfg.protocol.name} and {cfg.model.family}; "
+            f"add tasks.{cfg.protocol.name}.{cfg.model.family} to its configs/task file"
+        )
 
 
 def project_path(path: str) -> Path:
@@ -103,12 +110,11 @@ def checkpoint_path(cfg: DictConfig) -> str:
 
 def task_manager_for(cfg: DictConfig):
     """lmms-eval's task index: our offline tasks, plus lmms-eval's own unless the task is offline. Never downloads."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lmms_eval.tasks import TaskManager
 
     if cfg.task.offline:
         ensure_offline_tasks()
+    link_lmms_eval_tasks()
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.offline)
 
 
@@ -177,7 +183,7 @@ def evaluate(model, model_arguments: str | None, cfg: DictConfig, task_manager) 
     return simple_evaluate(
         model=model,
         model_args=model_arguments,
-        tasks=[cfg.task.name],
+        tasks=[cfg.task.lmms_task],
         task_manager=task_manager,
         gen_kwargs=",".join(f"{key}={value}" for key, value in generation.items()),
         limit=cfg.limit,
@@ -227,7 +233,7 @@ def _run(
     cfg: DictConfig, job_dir: Path, checkpoint: str, config: dict, sweep: str | None, rank: int, world_size: int
 ) -> dict | None:
     task_manager = task_manager_for(cfg)
-    load_task(task_manager, cfg.task.name)
+    load_task(task_manager, cfg.task.lmms_task)
     if rank == 0:
         dump(job_dir / "environment.json", environment(cfg.model.device))
 
@@ -241,7 +247,7 @@ def _run(
         adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": own_log})
         results = evaluate(adapter, arguments, cfg, task_manager)
         entries = read_all(job_dir, world_size)
-        name, metric = cfg.task.name, cfg.task.metric
+        name, metric = cfg.task.lmms_task, cfg.task.metric
         baseline = None
         if any(entry.get("baseline") for entry in entries):
             answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
@@ -264,7 +270,9 @@ def _run(
         SamplesLog(job_dir / "samples.jsonl").rewrite(entries)
         metrics = {
             "model": cfg.model.path,
-            "task": name,
+            "task": cfg.task.name,
+            "protocol": cfg.protocol.name,
+            "lmms_task": name,
             "metric": metric,
             "pruner": cfg.pruner.name,
             "ratio": cfg.ratio if cfg.pruner.name != "none" else 1.0,

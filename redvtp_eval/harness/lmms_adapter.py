@@ -52,7 +52,7 @@ class PrunedDiffusionVLM(lmms):
         pretrained: str | None = None,
         family: str = "llada_v",
         pruner: str = "redvtp",
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         device: str | None = None,
         attn_implementation: str = "sdpa",
         paired_baseline: bool = True,
@@ -63,7 +63,8 @@ class PrunedDiffusionVLM(lmms):
         max_batch_size: int | None = None,
         **pruner_options,
     ) -> None:
-        """Everything not named here is an option of the pruner (``ratio``, ``query_set``…)."""
+        """Everything not named here is an option of the pruner (``ratio``, ``query_set``…); ``dtype`` defaults to
+        the family's official precision (LLaDA-V float16, LaViDa bfloat16)."""
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError(f"the diffusion sampler runs batch size 1, got batch_size={batch_size}")
@@ -72,7 +73,10 @@ class PrunedDiffusionVLM(lmms):
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
         self.family = model_family(family)
         self.model = self.family.load(
-            pretrained or self.family.hub_id, dtype=dtype, device=device, attn_implementation=attn_implementation
+            pretrained or self.family.hub_id,
+            dtype=dtype or self.family.dtype,
+            device=device,
+            attn_implementation=attn_implementation,
         )
         self.device = torch.device(device)
         self.warmup = int(warmup)

@@ -21,10 +21,10 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
+from redvtp_eval.harness.lmms_plugin import TASKS_DIR
 from redvtp_eval.harness.toy_task import GENERATOR_VERSION, HELD_OUT_SEED, ToySample, png, sample_at
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS_DIR = ROOT / "tasks"
 DATA_DIR = TASKS_DIR / "data"
 TASK_CONFIGS = ROOT / "configs" / "task"
 SPLIT_SIZE = 64

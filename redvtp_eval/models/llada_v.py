@@ -159,7 +159,8 @@ class LladaVConfig:
             raise CheckpointError(f"mm_projector_type {raw['mm_projector_type']!r} is not the expected mlp2x_gelu")
         text._attn_implementation = PROBED.format(attn_implementation)
         vision = SiglipVisionConfig(**tower_config(raw, checkpoint), vision_use_head=False)
-        vision._attn_implementation = attn_implementation
+        # The official SigLIP attention is a hand-written matmul + softmax: eager, whatever the LM uses.
+        vision._attn_implementation = "eager"
         return cls(
             text=text,
             vision=vision,

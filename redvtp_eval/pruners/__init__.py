@@ -27,9 +27,11 @@ PRUNERS: dict[str, type[Pruner]] = {
 def options_of(cls: type[Pruner]) -> list[str]:
     """Keyword options a pruner class accepts, its own and those of the classes it builds on."""
     names = []
-    for klass in cls.__mro__:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__[:-1]:  # not object, whose __init__ takes (*args, **kwargs)
         if "__init__" in vars(klass):
-            names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "options")]
+            parameters = inspect.signature(klass.__init__).parameters.values()
+            names += [p.name for p in parameters if p.kind in named and p.name != "self"]
     return list(dict.fromkeys(names))
 
 

@@ -45,7 +45,7 @@ def missing_inputs(experiment: str, overrides: list[str]) -> list[str]:
     def check_task(cfg) -> None:
         if cfg.task.offline not in task_managers:
             task_managers[cfg.task.offline] = task_manager_for(cfg)
-        load_task(task_managers[cfg.task.offline], cfg.task.name)
+        load_task(task_managers[cfg.task.offline], cfg.task.lmms_task)
 
     for model, task, _, _ in sorted(grid(sweep)):
         cfg = compose_job([f"experiment={experiment}", *overrides, f"model={model}", f"task={task}"])

@@ -169,3 +169,17 @@ def test_an_mme_limit_that_cuts_a_question_pair_is_refused_before_anything_loads
         job.run_job(cfg, tmp_path / "job")
     assert not (tmp_path / "tiny").exists() and not (tmp_path / "job").exists()
     job.check_limit(OmegaConf.merge(cfg, {"limit": 4}))
+
+
+def test_offline_variables_are_set_before_huggingface_hub_reads_them():
+    """huggingface_hub copies HF_HUB_OFFLINE into a constant at import: the package must set it first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    for entry in ("redvtp_eval.__main__", "redvtp_eval.report.reproduce", "redvtp_eval.bench.__main__"):
+        code = f"import {entry}, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[-1] == "True", entry

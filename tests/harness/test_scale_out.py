@@ -21,7 +21,7 @@ def test_submitit_launcher_runs_each_job_of_a_sweep(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = sorted(tmp_path.glob("toy/redvtp_toy_mcq/*/*/metrics.json"))
+    metrics = sorted(tmp_path.glob("toy/redvtp_toy_mcq/paper/*/*/metrics.json"))
     assert [path.parts[-3] for path in metrics] == ["redvtp-r0.25", "redvtp-r0.5"]
     assert all(json.loads(path.read_text())["samples"] == 2 for path in metrics)
     assert list((tmp_path / ".submitit").rglob("*_submitted.pkl"))  # went through submitit, not the basic launcher

@@ -139,3 +139,27 @@ def test_a_hub_id_tower_is_siglip_so400m_without_its_last_layer(tmp_path):
     raw = {"mm_vision_tower": "google/siglip-so400m-patch14-384"}
     assert tower_config(raw, tmp_path) == SIGLIP_SO400M_26_LAYERS
     assert tower_config({}, tmp_path)["num_hidden_layers"] == 26
+
+
+def test_vision_tower_attention_is_eager_whatever_the_language_model_uses(tiny, tiny_eager):
+    """The official SigLIP attention is a hand-written matmul + softmax; the LM's SDPA must not reach the tower."""
+    for model in (tiny, tiny_eager):
+        siglip = model.network.model.vision_tower.vision_tower["vision_model"]
+        assert siglip.config._attn_implementation == "eager"
+
+
+def test_official_precision_is_each_familys_default():
+    from hydra import compose, initialize_config_dir
+
+    from redvtp_eval.engine.families import FAMILIES
+    from redvtp_eval.report.reproduce import CONFIG_DIR
+
+    assert {name: family.dtype for name, family in FAMILIES.items()} == {
+        "llada_v": "float16",
+        "lavida_llada": "bfloat16",
+        "lavida_dream": "bfloat16",
+    }
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        assert compose("config", overrides=["model=llada_v"]).model.dtype == "float16"
+        assert compose("config", overrides=["model=llada_v", "model.dtype=bfloat16"]).model.dtype == "bfloat16"
+        assert compose("config", overrides=["model=lavida_llada"]).model.dtype == "bfloat16"

@@ -39,3 +39,15 @@ def test_pruner_options_are_checked_by_name():
         make_pruner("random", ratio=0.5, query_set="masked")
     with pytest.raises(ValueError, match="pruner 'none' has no option ratio"):
         make_pruner("none", ratio=0.5)
+
+
+def test_the_option_list_names_only_real_options():
+    """`pruner=none,ratio=0.5` used to list `args, kwargs` (object.__init__'s) among the options."""
+    import pytest
+
+    from redvtp_eval.pruners import make_pruner, options_of
+    from redvtp_eval.pruners.base import Pruner
+
+    assert options_of(Pruner) == ["prune_after_step", "keep_positions", "record_scores"]
+    with pytest.raises(ValueError, match="its options: prune_after_step, keep_positions, record_scores$"):
+        make_pruner("none", ratio=0.5)

@@ -95,8 +95,8 @@ def test_a_missing_and_a_failed_job_show_as_such(smoke, tmp_path):
     sweep, _, _ = smoke
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)
-    shutil.rmtree(next(partial.glob("toy/redvtp_toy_mcq/redvtp-r0.25/*/metrics.json")).parent)
-    failed = next(partial.glob("toy/redvtp_toy_docvqa/redvtp-r0.5/*/metrics.json")).parent
+    shutil.rmtree(next(partial.glob("toy/redvtp_toy_mcq/paper/redvtp-r0.25/*/metrics.json")).parent)
+    failed = next(partial.glob("toy/redvtp_toy_docvqa/paper/redvtp-r0.5/*/metrics.json")).parent
     (failed / "metrics.json").unlink()
     (failed / FAILED).write_text(json.dumps({"error": "RuntimeError: CUDA out of memory", "traceback": ""}))
 
