@@ -326,7 +326,7 @@ class _LayerHook:
         masked: Tensor,
         cache: PrefixCache | None,
         probe: AttentionProbe | None,
-        acting: bool,
+        acting: tuple[int, ...],
         replay: dict[int, list[Tensor]],
     ) -> None:
         self.pruner, self.step, self.cache, self.global_probe = pruner, step, cache, probe
@@ -335,13 +335,13 @@ class _LayerHook:
         self.prompt_length, self.gen_length = sequence.prompt_length, sequence.gen_length
         self.text_tokens = self.prompt_length - sum(end - start for start, end in self.spans)
         self.masked = masked
-        self.acting = set(pruner.in_lm_layers) if acting and self.spans else set()
+        self.acting = set(acting) if self.spans else set()
         self.replay = replay
         if probe is not None and (self.acting or self.replay):
             raise ValueError("a between-steps attention probe and drops inside the LM in one forward are not supported")
         self.probes: dict[int, AttentionProbe] = {}
         self.kept_after: dict[int, list[Tensor]] = {}
-        """Per layer count K that dropped, the original indices kept per image."""
+        """Per layer count K where the pruner's stage dropped (not replayed), the original indices kept per image."""
         self.prompt_masks: list[tuple[int, Tensor]] = []
         """(K, boolean mask over the prompt as it stood) of every drop, in order."""
         self.layers: list[tuple[int, int, int]] = []
@@ -370,6 +370,11 @@ class _LayerHook:
         probe = self.global_probe
         if layer + 1 in self.acting:
             queries = self.pruner.layer_queries(self.context(layer + 1))
+            if queries is not None and self.cache is not None and (queries < prompt).any():
+                raise ValueError(
+                    f"{self.pruner.name}: no attention was recorded for prompt rows: with the prefix cache (prefix_lm) "
+                    "only the response positions are queried; choose response queries (queries=masked)"
+                )
             if queries is not None and len(queries):
                 probe = self.probes[layer + 1] = AttentionProbe(queries, _visual_positions(self.spans, queries.device))
         self.probed.append(len(probe.rows) if probe is not None else 0)
@@ -409,8 +414,9 @@ class _LayerHook:
         self.original = [now[indices] for now, indices in zip(self.original, reduction.kept)]
         self.spans = _shrunk_spans(self.spans, reduction.kept)
         self.prompt_length = int(prompt_keep.sum())
-        self.kept_after[count] = list(self.original)
-        self.prompt_masks.append((count, prompt_keep))
+        if count in self.acting:
+            self.kept_after[count] = list(self.original)
+            self.prompt_masks.append((count, prompt_keep))
         if self.cache is not None:
             self.cache.keep(prompt_keep, range(count, len(self.cache.keys)))
             return None
@@ -536,7 +542,10 @@ def generate(
         record.forwards.append(
             ForwardShape("prefill", [(length, length, visual_count)] * len(cache.keys), 1, [0] * len(cache.keys))
         )
-    if pruner.in_lm_layers and cache is not None and pruner.in_lm_needs_hidden:
+    lm_layers = tuple(pruner.lm_layers(model.num_layers))
+    if any(not 1 <= layer < model.num_layers for layer in lm_layers):
+        raise ValueError(f"pruner {pruner.name!r} acts after layers {lm_layers}; the model has {model.num_layers}")
+    if lm_layers and cache is not None and pruner.in_lm_needs_hidden:
         raise ValueError(
             f"pruner {pruner.name!r} reads visual hidden states inside the LM, which a prefix-cached step does not "
             "compute; run it with prefix_lm off"
@@ -562,7 +571,7 @@ def generate(
                     sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
                 )
                 probe = AttentionProbe(rows, sequence.visual())
-            acting = bool(pruner.in_lm_layers) and record.steps == pruner.in_lm_step
+            acting = lm_layers if record.steps == pruner.in_lm_step else ()
             hook = _LayerHook(pruner, record.steps, sequence, masked.nonzero().squeeze(1), cache, probe, acting, replay)
 
             # Stage 2 runs inside this forward, through the hook.

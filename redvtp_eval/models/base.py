@@ -57,6 +57,8 @@ class DiffusionVLM(Protocol):
     shifted_logits: bool
     """Position i is predicted by the output at i − 1 (AR-initialised backbones); ``logits`` already aligns them."""
     device: torch.device
+    num_layers: int
+    """Decoder layers of the language model (where a pruner inside it may act)."""
 
     def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt: ...
 

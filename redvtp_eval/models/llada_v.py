@@ -298,6 +298,7 @@ class LladaV:
         self.config = network.config
         self.device = network.lm_head.weight.device
         self.dtype = network.lm_head.weight.dtype
+        self.num_layers = network.config.text.num_hidden_layers
         self.mask_token_id = self._token_id(self.mask_token)
         self.suppressed_token_ids = tuple(self._token_id(token) for token in self.suppressed_tokens)
         self.special_token_ids = frozenset(

@@ -134,6 +134,33 @@ class LayerContext:
         return [self.hidden[start:end] for start, end in self.visual_spans]
 
 
+LAYER_QUERIES = ("last_prompt", "masked", "response", "prompt")
+"""Query rows that stand in for an AR model's "last instruction token" inside a bidirectional forward:
+the prompt's last text token (the literal one), the response positions masked when the step began (RedVTP's
+choice), every response position, or every prompt text token."""
+
+
+def layer_query_rows(context: LayerContext, queries: str) -> Tensor:
+    if queries == "last_prompt":
+        return context.prompt_text[-1:]
+    if queries == "masked":
+        return context.masked
+    if queries == "response":
+        return context.response
+    return context.prompt_text
+
+
+def check_queries(queries: str) -> str:
+    if queries not in LAYER_QUERIES:
+        raise ValueError(f"queries {queries!r} is not one of {', '.join(LAYER_QUERIES)}")
+    return queries
+
+
+def top_k_kept(scores: list[Tensor], ratio: float) -> list[Tensor]:
+    """Per image, the top ``max(1, int(N·r))`` tokens by score, in their original order."""
+    return [torch.topk(s, kept_count(len(s), ratio)).indices.sort().values for s in scores]
+
+
 def check_ratio(ratio: float) -> float:
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio is the fraction of visual tokens kept and must lie in (0, 1], got {ratio}")
@@ -156,6 +183,8 @@ class Pruner:
 
     name = "none"
     needs_attention = False
+    needs_region = False
+    """The pruner needs each sample's answer region (oracles): the job refuses tasks without one."""
 
     def __init__(self, prune_after_step: int = 1, keep_positions: bool = False, record_scores: bool = False) -> None:
         if prune_after_step < 1:
@@ -188,6 +217,10 @@ class Pruner:
     in_lm_persist: str = "sequence"
     in_lm_needs_hidden: bool = False
     """The stage reads the visual tokens' hidden states, which a prefix-cached step forward does not compute."""
+
+    def lm_layers(self, depth: int) -> tuple[int, ...]:
+        """The layer counts K (1 ≤ K < ``depth``) after which :meth:`in_lm` acts, for a model of ``depth`` layers."""
+        return self.in_lm_layers
 
     def layer_queries(self, context: LayerContext) -> Tensor | None:
         """Before layer K runs: the query rows (positions of ``context``) whose attention to the visual tokens
