@@ -247,3 +247,27 @@ def test_in_lm_pruning_with_lavidas_prefix_cache(tmp_path):
     assert [visual for _, _, visual in llada.forwards[-1].layers] == [k] * 4
     with pytest.raises(ValueError, match="no attention was recorded"):
         generate(model, prompt, settings, make_pruner("fastv", ratio=0.25))
+
+
+@pytest.mark.parametrize(("name", "options"), [("none", {}), ("fastv", {"ratio": 0.25}), ("redvtp", {"ratio": 0.25})])
+def test_the_analytic_flop_model_equals_torch_flop_counter(deep_eager, prompt, name, options):
+    """Eager attention, so that every product is an aten matmul the counter sees; one step, so one forward. The
+    LM head is counted at the checkpoint's vocabulary after the tokenizer cut (what the network holds)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from redvtp_eval.bench.flops import forward_flops
+
+    settings = GenerationSettings(8, 1, 8, stop_strings=())
+    with FlopCounterMode(display=False) as counter:
+        record = generate(deep_eager, prompt, settings, make_pruner(name, **options)).record
+    text = replace_vocab(deep_eager)
+    ((forward),) = record.forwards
+    assert forward_flops(text, forward.layers, forward.logits, forward.probed) == counter.get_total_flops()
+
+
+def replace_vocab(model):
+    from transformers import PretrainedConfig
+
+    text = PretrainedConfig(**{**model.config.text.to_dict(), "vocab_size": model.network.lm_head.weight.shape[0]})
+    text.head_dim = model.config.text.head_dim
+    return text
