@@ -110,7 +110,7 @@ def generation_flops(
 
 
 def forward_flops(text: PretrainedConfig, layers: list[tuple[int, int, int]], logits: int, probed: list[int]) -> int:
-    """One forward as the sampler records it (:class:`~redvtp_eval.sampler.ForwardShape`): per layer, its query
+    """One forward as the sampler records it (:class:`~redvtp_eval.engine.sampler.ForwardShape`): per layer, its query
     rows attending to its keys (pruning inside the LM changes them from layer K on), the probe's rows against
     the same keys, then the LM head at ``logits`` positions. With every layer alike this is :func:`step_flops`."""
     one_layer = PretrainedConfig(**{**text.to_dict(), "num_hidden_layers": 1})
@@ -123,7 +123,7 @@ def forward_flops(text: PretrainedConfig, layers: list[tuple[int, int, int]], lo
 
 
 def recorded_flops(config: LladaVConfig, record) -> dict[str, float]:
-    """A generation's FLOPs from its :class:`~redvtp_eval.sampler.GenerationRecord`: vision encoder (its crops)
+    """A generation's FLOPs from its :class:`~redvtp_eval.engine.sampler.GenerationRecord`: vision encoder (its crops)
     and every forward of the language model, and its effective visual tokens."""
     forwards = sum(forward_flops(config.text, f.layers, f.logits, f.probed) for f in record.forwards)
     vision = vision_flops(config, record.crops)

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from helpers import page
 
-from redvtp_eval.families import FAMILIES
+from redvtp_eval.engine.families import FAMILIES
+from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.models.llada_v import load_llada_v
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import kept_count
 from redvtp_eval.pruners.dart import dart_keep
 from redvtp_eval.pruners.divprune import max_min_diverse
-from redvtp_eval.sampler import GenerationSettings, generate
 
 SETTINGS = GenerationSettings(8, 4, 8, stop_strings=())
 LAYERS = 4
