@@ -149,9 +149,9 @@ def spy_positions(model, monkeypatch):
     seen = []
     logits = model.logits
 
-    def spy(embeds, position_ids, at, probe=None):
+    def spy(embeds, position_ids, at, probe=None, **options):
         seen.append((len(embeds), position_ids.clone(), at.clone()))
-        return logits(embeds, position_ids, at, probe)
+        return logits(embeds, position_ids, at, probe, **options)
 
     monkeypatch.setattr(model, "logits", spy)
     return seen
