@@ -107,3 +107,29 @@ def generation_flops(
         + (steps - full) * step(length_after)["total"]
         + (probe_flops(config.text, probe_rows, length) if probe_rows else 0)
     )
+
+
+def forward_flops(text: PretrainedConfig, layers: list[tuple[int, int, int]], logits: int, probed: list[int]) -> int:
+    """One forward as the sampler records it (:class:`~redvtp_eval.engine.sampler.ForwardShape`): per layer, its query
+    rows attending to its keys (pruning inside the LM changes them from layer K on), the probe's rows against
+    the same keys, then the LM head at ``logits`` positions. With every layer alike this is :func:`step_flops`."""
+    one_layer = PretrainedConfig(**{**text.to_dict(), "num_hidden_layers": 1})
+    one_layer.head_dim = head_dimension(text)
+    total = 2 * logits * text.hidden_size * text.vocab_size
+    for (rows, keys, _), probe_rows in zip(layers, probed):
+        parts = step_flops(one_layer, rows, 0, keys=keys)
+        total += parts["total"] + (probe_flops(one_layer, probe_rows, keys) if probe_rows else 0)
+    return total
+
+
+def recorded_flops(config: LladaVConfig, record) -> dict[str, float]:
+    """A generation's FLOPs from its :class:`~redvtp_eval.engine.sampler.GenerationRecord`: vision encoder (its crops)
+    and every forward of the language model, and its effective visual tokens."""
+    forwards = sum(forward_flops(config.text, f.layers, f.logits, f.probed) for f in record.forwards)
+    vision = vision_flops(config, record.crops)
+    return {
+        "vision": vision,
+        "language_model": forwards,
+        "total": vision + forwards,
+        "effective_visual_tokens": record.effective_visual_tokens,
+    }

@@ -52,8 +52,17 @@ from torch import Tensor
 
 from redvtp_eval.models.attention import AttentionProbe
 from redvtp_eval.models.base import DiffusionVLM, Prompt
+from redvtp_eval.models.prefix_cache import PrefixCache
 from redvtp_eval.models.timing import Timer
-from redvtp_eval.pruners.base import PruneContext, Pruner
+from redvtp_eval.pruners.base import (
+    LayerContext,
+    PruneContext,
+    Pruner,
+    Reduction,
+    VisualAttention,
+    VisualInput,
+    as_reduction,
+)
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 SCHEDULES = ("uniform", "linear", "shift", "logit_normal", "cosine", "dream")
@@ -144,6 +153,19 @@ def _curve_schedule(masked: int, steps: int, schedule: str, shift: float) -> lis
     return counts[::-1] + [0] * (steps - active)
 
 
+@dataclass(frozen=True)
+class ForwardShape:
+    """One forward of the language model as the FLOP model counts it: per layer, (query rows, keys, visual keys)."""
+
+    kind: str
+    """``prefill`` (the prefix cache's pass over the prompt) or ``step``."""
+    layers: list[tuple[int, int, int]]
+    logits: int
+    """Positions the LM head ran on."""
+    probed: list[int]
+    """Per layer, the query rows whose attention was probed (0: none)."""
+
+
 @dataclass
 class GenerationRecord:
     """What happened during one generation; seconds are wall-clock, device-synchronised."""
@@ -155,10 +177,17 @@ class GenerationRecord:
     unmasked_per_step: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     step_forward: list[tuple[int, int]] = field(default_factory=list)
-    """Per step, (query rows, key positions) of its forward: the whole sequence, or with the prefix cache
-    the response rows against the cached prompt and the response."""
+    """Per step, (query rows, key positions) of its forward at its first layer: the whole sequence, or with the
+    prefix cache the response rows against the cached prompt and the response."""
+    forwards: list[ForwardShape] = field(default_factory=list)
+    """Every forward of the language model, layer by layer (what :func:`effective_visual_tokens` and the FLOP
+    model of :mod:`redvtp_eval.bench.flops` read)."""
+    crops: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     pruned_after_step: int | None = None
+    """The first step after which the between-steps stage pruned."""
+    pruned_at: list[str] = field(default_factory=list)
+    """Where the pruner removed or merged tokens, in order: ``before_lm``, ``step1/layer2``, ``after_step1``…"""
     kept_visual: list[list[int]] | None = None
     """Per image, the original indices of the visual tokens kept (None: nothing was pruned)."""
     stop_position: int | None = None
@@ -166,6 +195,13 @@ class GenerationRecord:
     """Tokens of the returned answer that are not special tokens (the stop string is not returned)."""
     scores: list[list[Tensor]] = field(default_factory=list)
     """With ``record_scores``: per step, per image, a score per original visual token (NaN once pruned)."""
+
+    @property
+    def effective_visual_tokens(self) -> float:
+        """Visual tokens averaged over every layer of every forward (prefill included), as keys: the number an
+        unpruned model would need to run every layer at the same visual cost."""
+        layers = [visual for forward in self.forwards for _, _, visual in forward.layers]
+        return sum(layers) / len(layers) if layers else 0.0
 
 
 @dataclass
@@ -194,28 +230,26 @@ class _Sequence:
         return torch.arange(self.gen_length, device=self.embeds.device) + self.prompt_length
 
     def visual(self) -> Tensor:
-        device = self.embeds.device
-        return torch.cat([torch.arange(s, e, device=device) for s, e in self.spans] or [self.response[:0]])
+        return _visual_positions(self.spans, self.embeds.device)
 
     def prompt_text(self) -> Tensor:
-        is_text = torch.ones(self.prompt_length, dtype=torch.bool, device=self.embeds.device)
-        is_text[self.visual()] = False
-        return is_text.nonzero().squeeze(1)
+        return _text_positions(self.spans, self.prompt_length, self.embeds.device)
 
-    def keep(self, kept: list[Tensor], keep_positions: bool) -> Tensor:
-        """Delete every visual token not in ``kept`` (per image, indices within its current span); returns the
-        boolean mask of the prompt positions kept."""
-        keep = torch.ones(self.prompt_length, dtype=torch.bool, device=self.embeds.device)
-        for (start, end), indices in zip(self.spans, kept):
-            keep[start:end] = False
-            keep[start + indices] = True
-        spans, removed = [], 0
-        for (start, end), indices in zip(self.spans, kept):
-            removed_before = removed
-            removed += (end - start) - len(indices)
-            spans.append((start - removed_before, start - removed_before + len(indices)))
-        self.original_index = [index[indices] for index, indices in zip(self.original_index, kept)]
-        self.spans = spans
+    def current(self, original: list[Tensor]) -> list[Tensor]:
+        """Per image, the current indices of the tokens whose original indices are ``original``."""
+        return [torch.isin(now, kept).nonzero().squeeze(1) for now, kept in zip(self.original_index, original)]
+
+    def keep(self, reduction: Reduction, keep_positions: bool) -> Tensor:
+        """Delete every visual token not in ``reduction.kept`` (per image, indices within its current span) and
+        write its ``values`` into the kept ones; returns the boolean mask of the prompt positions kept."""
+        keep = _keep_mask(self.spans, reduction.kept, self.prompt_length, self.embeds.device)
+        if reduction.values is not None:
+            self.embeds = self.embeds.clone()
+            for (start, _), indices, values in zip(self.spans, reduction.kept, reduction.values):
+                if values is not None:
+                    self.embeds[start + indices] = values.to(self.embeds.dtype)
+        self.original_index = [index[indices] for index, indices in zip(self.original_index, reduction.kept)]
+        self.spans = _shrunk_spans(self.spans, reduction.kept)
         self.embeds = self.embeds[keep]
         if keep_positions:
             response_positions = self.positions[len(keep) :]
@@ -232,6 +266,162 @@ class _Sequence:
             full[index] = values.float()
             out.append(full.cpu())
         return out
+
+
+def _visual_positions(spans: list[tuple[int, int]], device: torch.device) -> Tensor:
+    return torch.cat([torch.arange(s, e, device=device) for s, e in spans] or [torch.zeros(0, dtype=torch.long)]).to(
+        device
+    )
+
+
+def _text_positions(spans: list[tuple[int, int]], prompt_length: int, device: torch.device) -> Tensor:
+    is_text = torch.ones(prompt_length, dtype=torch.bool, device=device)
+    is_text[_visual_positions(spans, device)] = False
+    return is_text.nonzero().squeeze(1)
+
+
+def _keep_mask(spans: list[tuple[int, int]], kept: list[Tensor], length: int, device: torch.device) -> Tensor:
+    """(length,) boolean mask: every position outside the spans, and the kept indices within each span."""
+    keep = torch.ones(length, dtype=torch.bool, device=device)
+    for (start, end), indices in zip(spans, kept):
+        keep[start:end] = False
+        keep[start + indices] = True
+    return keep
+
+
+def _shrunk_spans(spans: list[tuple[int, int]], kept: list[Tensor]) -> list[tuple[int, int]]:
+    out, removed = [], 0
+    for (start, end), indices in zip(spans, kept):
+        out.append((start - removed, start - removed + len(indices)))
+        removed += (end - start) - len(indices)
+    return out
+
+
+def _check_reduction(reduction: Reduction | None, spans: list[tuple[int, int]], stage: str) -> Reduction | None:
+    if reduction is None:
+        return None
+    if len(reduction.kept) != len(spans):
+        raise ValueError(f"{stage}: the pruner returned {len(reduction.kept)} index lists for {len(spans)} images")
+    for (start, end), indices in zip(spans, reduction.kept):
+        if len(indices) and (indices.min() < 0 or indices.max() >= end - start or (indices.diff() <= 0).any()):
+            raise ValueError(f"{stage}: kept indices must be sorted, distinct and within the image's {end - start}")
+    return reduction
+
+
+class _LayerHook:
+    """One forward's :class:`~redvtp_eval.models.base.LayerHook`: records each layer's shape, hands the layers
+    the between-steps probe (if any), calls the pruner's in-LM stage after its layers on the step it acts in,
+    and replays the drops of an earlier ``in_lm_persist="layers"`` stage.
+
+    Key positions are the forward's own: the prompt as it stands after this forward's drops, then the response.
+    Uncached, the rows are the keys and dropped rows leave the forward; with the prefix cache the rows are the
+    response, and a drop removes the tokens from the cache of the remaining layers instead.
+    """
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        step: int,
+        sequence: _Sequence,
+        masked: Tensor,
+        cache: PrefixCache | None,
+        probe: AttentionProbe | None,
+        acting: tuple[int, ...],
+        replay: dict[int, list[Tensor]],
+    ) -> None:
+        self.pruner, self.step, self.cache, self.global_probe = pruner, step, cache, probe
+        self.spans = list(sequence.spans)
+        self.original = list(sequence.original_index)
+        self.prompt_length, self.gen_length = sequence.prompt_length, sequence.gen_length
+        self.text_tokens = self.prompt_length - sum(end - start for start, end in self.spans)
+        self.masked = masked
+        self.acting = set(acting) if self.spans else set()
+        self.replay = replay
+        if probe is not None and (self.acting or self.replay):
+            raise ValueError("a between-steps attention probe and drops inside the LM in one forward are not supported")
+        self.probes: dict[int, AttentionProbe] = {}
+        self.kept_after: dict[int, list[Tensor]] = {}
+        """Per layer count K where the pruner's stage dropped (not replayed), the original indices kept per image."""
+        self.prompt_masks: list[tuple[int, Tensor]] = []
+        """(K, boolean mask over the prompt as it stood) of every drop, in order."""
+        self.layers: list[tuple[int, int, int]] = []
+        self.probed: list[int] = []
+
+    def context(
+        self, layer: int, hidden: Tensor | None = None, attention: VisualAttention | None = None
+    ) -> LayerContext:
+        device = self.masked.device
+        return LayerContext(
+            step=self.step,
+            layer=layer,
+            visual_spans=list(self.spans),
+            prompt_text=_text_positions(self.spans, self.prompt_length, device),
+            response=torch.arange(self.gen_length, device=device) + self.prompt_length,
+            masked=self.masked + self.prompt_length,
+            hidden=hidden,
+            attention=attention,
+        )
+
+    def probe(self, layer: int) -> AttentionProbe | None:
+        prompt = self.cache.layer_length(layer) if self.cache is not None else self.prompt_length
+        keys = prompt + self.gen_length
+        rows = self.gen_length if self.cache is not None else keys
+        self.layers.append((rows, keys, prompt - self.text_tokens))
+        probe = self.global_probe
+        if layer + 1 in self.acting:
+            queries = self.pruner.layer_queries(self.context(layer + 1))
+            if queries is not None and self.cache is not None and (queries < prompt).any():
+                raise ValueError(
+                    f"{self.pruner.name}: no attention was recorded for prompt rows: with the prefix cache (prefix_lm) "
+                    "only the response positions are queried; choose response queries (queries=masked)"
+                )
+            if queries is not None and len(queries):
+                probe = self.probes[layer + 1] = AttentionProbe(queries, _visual_positions(self.spans, queries.device))
+        self.probed.append(len(probe.rows) if probe is not None else 0)
+        return probe
+
+    def after_layer(self, layer: int, hidden: Tensor) -> tuple[Tensor, Tensor] | None:
+        count = layer + 1
+        if count in self.acting:
+            probe = self.probes.get(count)
+            attention = ProbedAttention(probe, self.prompt_length + self.gen_length) if probe is not None else None
+            own = hidden if self.cache is None else None
+            reduction = as_reduction(self.pruner.in_lm(self.context(count, own, attention)))
+        elif count in self.replay:
+            current = [
+                torch.isin(now, kept).nonzero().squeeze(1) for now, kept in zip(self.original, self.replay[count])
+            ]
+            reduction = Reduction(current)
+        else:
+            return None
+        reduction = _check_reduction(reduction, self.spans, f"{self.pruner.name} after layer {count}")
+        if reduction is None:
+            return None
+        return self._drop(count, reduction, hidden)
+
+    def _drop(self, count: int, reduction: Reduction, hidden: Tensor) -> tuple[Tensor, Tensor] | None:
+        device = hidden.device
+        prompt_keep = _keep_mask(self.spans, reduction.kept, self.prompt_length, device)
+        if reduction.values is not None:
+            if self.cache is not None:
+                raise ValueError(
+                    f"{self.pruner.name}: merging inside the LM needs the uncached forward (prefix_lm off)"
+                )
+            hidden = hidden.clone()
+            for (start, _), indices, values in zip(self.spans, reduction.kept, reduction.values):
+                if values is not None:
+                    hidden[start + indices] = values.to(hidden.dtype)
+        self.original = [now[indices] for now, indices in zip(self.original, reduction.kept)]
+        self.spans = _shrunk_spans(self.spans, reduction.kept)
+        self.prompt_length = int(prompt_keep.sum())
+        if count in self.acting:
+            self.kept_after[count] = list(self.original)
+            self.prompt_masks.append((count, prompt_keep))
+        if self.cache is not None:
+            self.cache.keep(prompt_keep, range(count, len(self.cache.keys)))
+            return None
+        keep = torch.cat([prompt_keep, torch.ones(self.gen_length, dtype=torch.bool, device=device)])
+        return hidden[keep], keep
 
 
 def _gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -296,8 +486,10 @@ def generate(
     settings: GenerationSettings,
     pruner: Pruner | None = None,
     generator: torch.Generator | None = None,
+    region: list[Tensor | None] | None = None,
 ) -> Generation:
-    """Fill ``settings.gen_length`` masked positions after ``prompt``; batch size 1."""
+    """Fill ``settings.gen_length`` masked positions after ``prompt``; batch size 1. ``region``: per image, a
+    boolean mask of the visual tokens that show the answer, for the pruners that are told (oracles)."""
     pruner = pruner or Pruner()
     device = model.device
     timer = Timer(device)
@@ -312,17 +504,52 @@ def generate(
         prompt_tokens=sequence.prompt_length,
         visual_tokens_before=prompt.visual_tokens,
         visual_tokens_after=prompt.visual_tokens,
+        crops=prompt.crops,
         seconds=dict(prompt.seconds),
     )
+
+    def pruned(where: str) -> None:
+        record.pruned_at.append(where)
+        record.kept_visual = [index.tolist() for index in sequence.original_index]
+        record.visual_tokens_after = sum(len(index) for index in sequence.original_index)
+
+    # Stage 1: before the language model, on the projected visual features (and the prompt's text embeddings).
+    if sequence.spans:
+        with timer("prune"):
+            visual = VisualInput(
+                features=[sequence.embeds[start:end] for start, end in sequence.spans],
+                text=sequence.embeds[sequence.prompt_text()],
+                grids=list(prompt.visual_grids),
+                region=region,
+                generator=generator,
+            )
+            reduction = _check_reduction(as_reduction(pruner.before_lm(visual)), sequence.spans, pruner.name)
+            if reduction is not None:
+                sequence.keep(reduction, pruner.keep_positions)
+                pruned("before_lm")
+
     steps_per_block = settings.steps // settings.num_blocks
     stop_at: int | None = None
-    pruned = False
     cache = None
+    replay: dict[int, list[Tensor]] = {}
+    """Drops inside the LM that every later forward repeats (``in_lm_persist="layers"``, uncached)."""
     if settings.prefix_cache:
         with timer("prefill"):
-            cache, last_logits = model.prefill(prompt.embeds, sequence.positions[: sequence.prompt_length])
+            cache, last_logits = model.prefill(sequence.embeds, sequence.positions[: sequence.prompt_length])
             if model.shifted_logits:
                 tokens[0] = last_logits.argmax()
+        length, visual_count = sequence.prompt_length, sum(len(index) for index in sequence.original_index)
+        record.forwards.append(
+            ForwardShape("prefill", [(length, length, visual_count)] * len(cache.keys), 1, [0] * len(cache.keys))
+        )
+    lm_layers = tuple(pruner.lm_layers(model.num_layers))
+    if any(not 1 <= layer < model.num_layers for layer in lm_layers):
+        raise ValueError(f"pruner {pruner.name!r} acts after layers {lm_layers}; the model has {model.num_layers}")
+    if lm_layers and cache is not None and pruner.in_lm_needs_hidden:
+        raise ValueError(
+            f"pruner {pruner.name!r} reads visual hidden states inside the LM, which a prefix-cached step does not "
+            "compute; run it with prefix_lm off"
+        )
 
     for block in range(settings.num_blocks):
         lo, hi = block * settings.block_length, (block + 1) * settings.block_length
@@ -337,23 +564,26 @@ def generate(
             if not masked[lo:hi].any():
                 break
             record.steps += 1
-            prune_now = not pruned and record.steps == pruner.prune_after_step
+            prune_now = pruner.acts_after(record.steps)
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
                 rows = (
                     sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
                 )
                 probe = AttentionProbe(rows, sequence.visual())
+            acting = lm_layers if record.steps == pruner.in_lm_step else ()
+            hook = _LayerHook(pruner, record.steps, sequence, masked.nonzero().squeeze(1), cache, probe, acting, replay)
 
+            # Stage 2 runs inside this forward, through the hook.
             with timer("step"):
                 if cache is None:
                     embeds = torch.cat([sequence.embeds, model.embed(tokens)])
-                    logits = model.logits(embeds, sequence.positions, sequence.response, probe)
+                    logits = model.logits(embeds, sequence.positions, sequence.response, hook=hook)
                     record.step_forward.append((len(embeds), len(embeds)))
                 else:
                     response_positions = sequence.positions[sequence.prompt_length :]
                     at = torch.arange(settings.gen_length, device=device)
-                    logits = model.logits(model.embed(tokens), response_positions, at, probe, cache)
+                    logits = model.logits(model.embed(tokens), response_positions, at, hook=hook, cache=cache)
                     record.step_forward.append((settings.gen_length, cache.length + settings.gen_length))
                 logits[:, suppressed] = torch.where(masked[:, None], float("-inf"), logits[:, suppressed])
                 x0 = _gumbel_argmax(logits, settings.temperature, generator)
@@ -369,7 +599,28 @@ def generate(
                         stop_at = found
             record.step_seconds.append(timer.seconds.pop("step"))
             record.unmasked_per_step.append(count)
+            record.forwards.append(ForwardShape("step", hook.layers, settings.gen_length, hook.probed))
 
+            if hook.kept_after:
+                with timer("prune"):
+                    last = max(hook.kept_after)
+                    if pruner.in_lm_persist == "layers":
+                        if cache is None:
+                            replay.update(hook.kept_after)
+                        record.kept_visual = [index.tolist() for index in hook.kept_after[last]]
+                        record.visual_tokens_after = sum(len(index) for index in hook.kept_after[last])
+                        record.pruned_at.append(
+                            f"step{record.steps}/layer{'+'.join(map(str, sorted(hook.kept_after)))}"
+                        )
+                    else:
+                        current = sequence.current(hook.kept_after[last])
+                        sequence.keep(Reduction(current), pruner.keep_positions or cache is not None)
+                        if cache is not None:
+                            for layer_count, mask in hook.prompt_masks:
+                                cache.keep(mask, range(layer_count))
+                        pruned(f"step{record.steps}/layer{'+'.join(map(str, sorted(hook.kept_after)))}")
+
+            # Stage 3: between this step and the next.
             if probe is None and not prune_now:
                 continue
             with timer("prune"):
@@ -386,20 +637,24 @@ def generate(
                         else None
                     ),
                     generator=generator,
+                    embeds=sequence.embeds,
+                    region=region,
+                    original_index=list(sequence.original_index),
                 )
                 if pruner.record_scores:
                     scores = pruner.scores(context)
                     record.scores.append(sequence.full_length_scores(scores, sizes) if scores else [])
                 if prune_now:
-                    pruned = True
-                    kept = pruner.select(context)
-                    if kept is not None:
-                        prompt_kept = sequence.keep(kept, pruner.keep_positions or cache is not None)
+                    reduction = _check_reduction(as_reduction(pruner.select(context)), sequence.spans, pruner.name)
+                    if reduction is not None:
+                        if reduction.values is not None and cache is not None:
+                            raise ValueError(f"{pruner.name}: merging between steps needs prefix_lm off")
+                        prompt_kept = sequence.keep(reduction, pruner.keep_positions or cache is not None)
                         if cache is not None:
                             cache.keep(prompt_kept)
-                        record.pruned_after_step = record.steps
-                        record.kept_visual = [index.tolist() for index in sequence.original_index]
-                        record.visual_tokens_after = sum(len(index) for index in kept)
+                        if record.pruned_after_step is None:
+                            record.pruned_after_step = record.steps
+                        pruned(f"after_step{record.steps}")
 
     record.stop_position = stop_at
     record.seconds["denoise"] = sum(record.step_seconds)

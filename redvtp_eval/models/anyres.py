@@ -119,6 +119,17 @@ def pack_anyres_features(
     return torch.cat([base, tile_map.flatten(1, 2).transpose(0, 1)], dim=0)
 
 
+def tile_map_shape(unit: int, size: tuple[int, int], grid: tuple[int, int], max_crops: int | None) -> tuple[int, int]:
+    """(rows, columns) of the tile map that :func:`pack_anyres_features` packs (before its newline column)."""
+    cols, rows = grid
+    h, w = unpad(torch.empty(0, rows * unit, cols * unit), size).shape[1:]
+    if max_crops is not None:
+        times = math.sqrt(h * w / (max_crops * unit**2))
+        if times > 1.1:
+            h, w = int(h // times), int(w // times)
+    return h, w
+
+
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Pad the short side to a square, image centred: the ``pad`` view used when a prompt has several images."""
     width, height = image.size

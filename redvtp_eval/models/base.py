@@ -26,10 +26,28 @@ class Prompt:
     embeds: Tensor
     visual_spans: list[tuple[int, int]]
     seconds: dict[str, float] = field(default_factory=dict)
+    visual_grids: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
+    """Per image, its 2-D token grids as (first token, rows, columns, row stride) within the image's span
+    (AnyRes: the base view, then the tile map whose rows end in ``image_newline``); empty: not known."""
+    crops: int = 0
+    """Crops the vision encoder ran on (for the FLOP count)."""
 
     @property
     def visual_tokens(self) -> int:
         return sum(end - start for start, end in self.visual_spans)
+
+
+class LayerHook(Protocol):
+    """What a forward asks of the sampler at every layer (pruning inside the language model)."""
+
+    def probe(self, layer: int) -> AttentionProbe | None:
+        """The probe to record layer ``layer``'s attention into (0-based), or None."""
+        ...
+
+    def after_layer(self, layer: int, hidden: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Given layer ``layer``'s output rows (L, d): None to go on, or (the rows kept (L', d), possibly with new
+        values, and the (L,) boolean mask of the rows kept)."""
+        ...
 
 
 class DiffusionVLM(Protocol):
@@ -39,6 +57,8 @@ class DiffusionVLM(Protocol):
     shifted_logits: bool
     """Position i is predicted by the output at i − 1 (AR-initialised backbones); ``logits`` already aligns them."""
     device: torch.device
+    num_layers: int
+    """Decoder layers of the language model (where a pruner inside it may act)."""
 
     def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt: ...
 
@@ -51,9 +71,11 @@ class DiffusionVLM(Protocol):
         at: Tensor,
         probe: AttentionProbe | None = None,
         cache: PrefixCache | None = None,
+        hook: LayerHook | None = None,
     ) -> Tensor:
         """float32 predictions (len(at), vocab) for the positions ``at`` (indices into ``embeds`` (L, d)); with
-        ``cache``, ``embeds`` follow the cached prompt and attend to it too."""
+        ``cache``, ``embeds`` follow the cached prompt and attend to it too; with ``hook``, the forward calls it
+        at every layer, and rows it drops leave the later layers (``at`` must survive)."""
         ...
 
     def prefill(self, embeds: Tensor, position_ids: Tensor) -> tuple[PrefixCache, Tensor]:

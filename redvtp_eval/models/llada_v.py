@@ -21,6 +21,7 @@ Qwen2-shaped text stack for its Dream backbone (:data:`TEXT_STACKS`), per-crop p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 
 from redvtp_eval.models import anyres
 from redvtp_eval.models.attention import PROBED, AttentionProbe
-from redvtp_eval.models.base import Prompt
+from redvtp_eval.models.base import LayerHook, Prompt
 from redvtp_eval.models.checkpoint import CheckpointError, load_weights, read_config, resolve_checkpoint
 from redvtp_eval.models.prefix_cache import PrefixCache
 from redvtp_eval.models.prompt import IMAGE_PLACEHOLDER, render_chat, splice_image_tokens, user_message
@@ -229,18 +230,38 @@ class LladaVNetwork(nn.Module):
     ) -> Tensor:
         """Bidirectional pass over (1, L, d) embeddings at explicit positions (1, L); with a prefix cache, the
         L positions also attend to the cached prompt (or, while it fills, are the prompt)."""
+        return self.hooked_hidden_states(embeds, position_ids, probe, cache)[0]
+
+    def hooked_hidden_states(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        probe: AttentionProbe | None,
+        cache: PrefixCache | None = None,
+        hook: LayerHook | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`hidden_states`, and with a ``hook``: each layer is probed with the hook's probe for it, and
+        after each layer the hook may drop rows (visual-token pruning inside the LM); the later layers run on
+        the rows kept, at their own positions. Also returns, when rows were dropped, the input index of each
+        row that remains (None otherwise)."""
         rope = self.model.rotary_emb(embeds, position_ids)
-        hidden = embeds
-        for layer in self.model.layers:
+        hidden, rows = embeds, None
+        for index, layer in enumerate(self.model.layers):
             hidden = layer(
                 hidden,
                 attention_mask=None,
                 position_ids=position_ids,
                 cache=cache,
                 position_embeddings=rope,
-                probe=probe,
+                probe=probe if hook is None else hook.probe(index),
             )
-        return self.model.norm(hidden)
+            dropped = hook.after_layer(index, hidden[0]) if hook is not None else None
+            if dropped is not None:
+                kept_hidden, keep = dropped
+                hidden, position_ids = kept_hidden[None], position_ids[:, keep]
+                rope = tuple(part[:, keep] for part in rope)
+                rows = keep.nonzero().squeeze(1) if rows is None else rows[keep]
+        return self.model.norm(hidden), rows
 
     def truncate_vocab(self, size: int) -> None:
         """Keep the first ``size`` rows of the embedding and LM head, as the official loader's resize does."""
@@ -281,6 +302,7 @@ class LladaV:
         self.config = network.config
         self.device = network.lm_head.weight.device
         self.dtype = network.lm_head.weight.dtype
+        self.num_layers = network.config.text.num_hidden_layers
         self.mask_token_id = self._token_id(self.mask_token)
         self.suppressed_token_ids = tuple(self._token_id(token) for token in self.suppressed_tokens)
         self.special_token_ids = frozenset(
@@ -334,6 +356,20 @@ class LladaV:
         newline = self.network.model.image_newline
         return [anyres.pack_anyres_features(features, layout.size, layout.grid, newline, self.max_crops)]
 
+    def visual_grids(self, blocks: list[Tensor], layout: CropLayout) -> list[list[tuple[int, int, int, int]]]:
+        """Per image, (first token, rows, columns, row stride) of each 2-D grid in its block of visual tokens."""
+        if layout.grid is None:
+            return [[(0, math.isqrt(len(block)), math.isqrt(len(block)), math.isqrt(len(block)))] for block in blocks]
+        ((block,),) = [blocks]
+        crop_tokens = (self.config.vision.image_size // self.config.vision.patch_size) ** 2
+        if self.config.crop_pool_stride:
+            crop_tokens = math.ceil(math.isqrt(crop_tokens) / self.config.crop_pool_stride) ** 2
+        unit = math.isqrt(crop_tokens)
+        h, w = anyres.tile_map_shape(unit, layout.size, layout.grid, self.max_crops)
+        if unit * unit + h * (w + 1) != len(block):
+            raise AssertionError(f"visual block of {len(block)} tokens is not {unit}² + {h}·({w}+1)")
+        return [[(0, unit, unit, unit), (unit * unit, h, w, w + 1)]]
+
     def splice(self, ids: list[int], visual: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Prompt embeddings with the visual blocks in place of the placeholders, and each block's span."""
         pieces, spans, position = [], [], 0
@@ -359,14 +395,15 @@ class LladaV:
         """The prompt from token ids holding one :data:`IMAGE_PLACEHOLDER` per image: image preprocessing,
         vision encoder and splice. The speed benchmark enters here with synthetic ids of a workload's length."""
         timer = Timer(self.device)
-        visual = []
+        visual, grids, crops = [], [], 0
         if images:
             with timer("preprocess"):
                 pixels, layout = self.image_crops(images)
             with timer("vision"):
                 visual = self.visual_blocks(self.network.encode_crops(pixels), layout)
+            grids, crops = self.visual_grids(visual, layout), layout.crops
         embeds, spans = self.splice(ids, visual)
-        return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds)
+        return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds, visual_grids=grids, crops=crops)
 
     def embed(self, token_ids: Tensor) -> Tensor:
         return self.network.model.embed_tokens(token_ids)
@@ -379,10 +416,13 @@ class LladaV:
         at: Tensor,
         probe: AttentionProbe | None = None,
         cache: PrefixCache | None = None,
+        hook: LayerHook | None = None,
     ) -> Tensor:
-        hidden = self.network.hidden_states(embeds[None], position_ids[None], probe, cache)
+        hidden, rows = self.network.hooked_hidden_states(embeds[None], position_ids[None], probe, cache, hook)
         if self.shifted_logits:
             at = (at - 1).clamp(min=0)
+        if rows is not None:
+            at = torch.searchsorted(rows, at)
         return self.network.lm_head(hidden[0, at]).float()
 
     @torch.no_grad()

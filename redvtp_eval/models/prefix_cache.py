@@ -42,7 +42,12 @@ class PrefixCache:
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
-    def keep(self, mask: Tensor) -> None:
-        """Keep the prompt entries where the (P,) boolean ``mask`` is true, in every layer."""
-        self.keys = [key[:, :, mask] for key in self.keys]
-        self.values = [value[:, :, mask] for value in self.values]
+    def layer_length(self, layer: int) -> int:
+        """Prompt entries of one layer: after pruning inside the LM, layers from K on may hold fewer."""
+        return self.keys[layer].shape[2]
+
+    def keep(self, mask: Tensor, layers: range | None = None) -> None:
+        """Keep the prompt entries where the (P,) boolean ``mask`` is true, in every layer (or in ``layers``)."""
+        for layer in layers if layers is not None else range(len(self.keys)):
+            self.keys[layer] = self.keys[layer][:, :, mask]
+            self.values[layer] = self.values[layer][:, :, mask]

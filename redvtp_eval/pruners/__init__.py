@@ -14,6 +14,12 @@ from __future__ import annotations
 import inspect
 
 from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
+from redvtp_eval.pruners.dart import Dart
+from redvtp_eval.pruners.divprune import DivPrune
+from redvtp_eval.pruners.fastv import FastV, LladaFastV
+from redvtp_eval.pruners.oracle import AntiOracle, Oracle
+from redvtp_eval.pruners.pdrop import PDrop
+from redvtp_eval.pruners.pooling import Pooling
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
 
@@ -21,6 +27,14 @@ PRUNERS: dict[str, type[Pruner]] = {
     "none": Pruner,
     "redvtp": RedVTP,
     "random": RandomPruner,
+    "oracle": Oracle,
+    "anti_oracle": AntiOracle,
+    "pooling": Pooling,
+    "divprune": DivPrune,
+    "fastv": FastV,
+    "llada_fastv": LladaFastV,
+    "pdrop": PDrop,
+    "dart": Dart,
 }
 
 

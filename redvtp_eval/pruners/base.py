@@ -1,9 +1,28 @@
-"""The pruner interface: what the sampler hands a pruner after a denoising step, and what it gets back.
+"""The pruner interface: the three places where a pruner may act, what it sees there, and what it returns.
 
-Where it sits: the sampler calls a pruner once, after step ``prune_after_step`` has committed its
-tokens, with a :class:`PruneContext`; the pruner returns, per image, the indices of the visual tokens to
-keep, and the sampler deletes the others from the sequence for every later step. A pruner never sees
-the model, the tokenizer or the evaluation harness.
+Where it sits: the sampler (and, through the layer hook it passes, the model) calls a pruner at the
+stages it declares; a pruner never sees the model classes, the tokenizer or the evaluation harness, and
+imports neither ``models`` nor the harness. Stages, in the order data flows:
+
+1. **before the language model** (:meth:`Pruner.before_lm`): once per generation, before step 1 (and
+   before the prefix cache is filled), on the projected visual features of each image as they were
+   spliced into the prompt, with the prompt's text embeddings (:class:`VisualInput`).
+2. **inside the language model** (:meth:`Pruner.in_lm`): in the forward of denoising step
+   ``in_lm_step``, after the first K layers for each K in ``in_lm_layers``, with those layers' output
+   hidden states and, if :meth:`Pruner.layer_queries` names query rows, the K-th layer's attention from
+   them to the visual tokens (probed row-wise, :class:`LayerContext`). The tokens it drops are gone for
+   the remaining layers of that forward; afterwards ``in_lm_persist`` says where: ``"sequence"`` — gone
+   from the sequence for every later step (all layers), or ``"layers"`` — every later forward runs the
+   first K layers on every visual token and drops the same tokens after layer K (an AR model's KV cache
+   after a FastV prefill, replayed by a model that recomputes the prompt every step).
+3. **between denoising steps** (:meth:`Pruner.select`): after every step for which
+   :meth:`Pruner.acts_after` is true (default: step ``prune_after_step`` only), with a
+   :class:`PruneContext`; the tokens not kept are deleted for every later step.
+
+Every stage returns, per image, the sorted indices of the image's current visual tokens to keep — or a
+:class:`Reduction`, which may also give the kept tokens new values (**merging**: a merged token takes
+the place, position and RoPE angle of the kept token it is written into; which token that is, is the
+method's rule, stated in its docstring). ``None`` keeps everything.
 
 Adding a pruner: one file with a :class:`Pruner` subclass, and one line in ``pruners/__init__.py``.
 """
@@ -45,9 +64,101 @@ class PruneContext:
     attention: VisualAttention | None
     generator: torch.Generator | None = None
     """The generation's random stream (seeded per sample by the harness), for pruners that draw."""
+    embeds: Tensor | None = None
+    """(prompt length, d) the prompt's current input embeddings (what a merging pruner merges)."""
+    region: list[Tensor | None] | None = None
+    """Per image, a boolean mask over its *original* tokens of those that show the answer (toy tasks only)."""
+    original_index: list[Tensor] | None = None
+    """Per image, the original index of each current visual token."""
 
     def split_by_image(self, values: Tensor) -> list[Tensor]:
         return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Per image, the sorted indices of the current visual tokens that stay, and optionally their new values."""
+
+    kept: list[Tensor]
+    values: list[Tensor | None] | None = None
+    """Per image, (len(kept), d) values written into the kept tokens (embeddings before the LM and between
+    steps, hidden states inside it); None, or None for an image, leaves them as they are."""
+
+
+Kept = list[Tensor] | Reduction | None
+
+
+def as_reduction(kept: Kept) -> Reduction | None:
+    return kept if isinstance(kept, Reduction) or kept is None else Reduction(list(kept))
+
+
+@dataclass(frozen=True)
+class VisualInput:
+    """What a pruner sees before the language model: one generation's visual tokens, per image."""
+
+    features: list[Tensor]
+    """Per image, (N, d) projected visual features, in the order they were spliced into the prompt."""
+    text: Tensor
+    """(T, d) embeddings of the prompt's text positions (system prompt, question, chat markup), in order."""
+    grids: list[list[tuple[int, int, int]]]
+    """Per image, its 2-D token grids as (first token, rows, columns), row-major; tokens outside every grid
+    (AnyRes ``image_newline``) are in none. Empty when the model does not say."""
+    region: list[Tensor | None] | None = None
+    """Per image, a boolean mask of the tokens that show the answer (toy tasks only; None elsewhere)."""
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """Inside the forward of step ``step``, after its first ``layer`` layers. Positions index the forward's
+    current keys: the prompt as it stands after earlier drops in this forward, then the response."""
+
+    step: int
+    layer: int
+    visual_spans: list[tuple[int, int]]
+    prompt_text: Tensor
+    response: Tensor
+    masked: Tensor
+    """Response positions masked when this step began (none is committed before the forward ends)."""
+    hidden: Tensor | None = None
+    """(keys, d) output of layer ``layer``; None with the prefix cache (its step forward runs the response only)."""
+    attention: VisualAttention | None = None
+    """Attention of layer ``layer`` (head-averaged) from the rows :meth:`Pruner.layer_queries` asked for."""
+
+    def split_by_image(self, values: Tensor) -> list[Tensor]:
+        return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
+
+    def visual_hidden(self) -> list[Tensor]:
+        if self.hidden is None:
+            raise ValueError("this pruner reads visual hidden states, which a prefix-cached step does not compute")
+        return [self.hidden[start:end] for start, end in self.visual_spans]
+
+
+LAYER_QUERIES = ("last_prompt", "masked", "response", "prompt")
+"""Query rows that stand in for an AR model's "last instruction token" inside a bidirectional forward:
+the prompt's last text token (the literal one), the response positions masked when the step began (RedVTP's
+choice), every response position, or every prompt text token."""
+
+
+def layer_query_rows(context: LayerContext, queries: str) -> Tensor:
+    if queries == "last_prompt":
+        return context.prompt_text[-1:]
+    if queries == "masked":
+        return context.masked
+    if queries == "response":
+        return context.response
+    return context.prompt_text
+
+
+def check_queries(queries: str) -> str:
+    if queries not in LAYER_QUERIES:
+        raise ValueError(f"queries {queries!r} is not one of {', '.join(LAYER_QUERIES)}")
+    return queries
+
+
+def top_k_kept(scores: list[Tensor], ratio: float) -> list[Tensor]:
+    """Per image, the top ``max(1, int(N·r))`` tokens by score, in their original order."""
+    return [torch.topk(s, kept_count(len(s), ratio)).indices.sort().values for s in scores]
 
 
 def check_ratio(ratio: float) -> float:
@@ -72,6 +183,8 @@ class Pruner:
 
     name = "none"
     needs_attention = False
+    needs_region = False
+    """The pruner needs each sample's answer region (oracles): the job refuses tasks without one."""
 
     def __init__(self, prune_after_step: int = 1, keep_positions: bool = False, record_scores: bool = False) -> None:
         if prune_after_step < 1:
@@ -84,6 +197,36 @@ class Pruner:
         """Per image, one importance score per visual token; None when the pruner does not score."""
         return None
 
-    def select(self, context: PruneContext) -> list[Tensor] | None:
-        """Per image, the sorted indices (within the image's span) of the tokens to keep; None keeps all."""
+    def select(self, context: PruneContext) -> Kept:
+        """Between steps: per image, the sorted indices (within its span) of the tokens to keep; None keeps all."""
+        return None
+
+    def acts_after(self, step: int) -> bool:
+        """Whether :meth:`select` is called after denoising step ``step`` (progressive pruners override it)."""
+        return step == self.prune_after_step
+
+    # Stage 1: before the language model.
+    def before_lm(self, visual: VisualInput) -> Kept:
+        """Per image, the tokens to keep (or a :class:`Reduction`) before the language model runs; None keeps all."""
+        return None
+
+    # Stage 2: inside the language model.
+    in_lm_layers: tuple[int, ...] = ()
+    """Act after this many layers (K) of the forward of step ``in_lm_step``; empty: the stage is not used."""
+    in_lm_step: int = 1
+    in_lm_persist: str = "sequence"
+    in_lm_needs_hidden: bool = False
+    """The stage reads the visual tokens' hidden states, which a prefix-cached step forward does not compute."""
+
+    def lm_layers(self, depth: int) -> tuple[int, ...]:
+        """The layer counts K (1 ≤ K < ``depth``) after which :meth:`in_lm` acts, for a model of ``depth`` layers."""
+        return self.in_lm_layers
+
+    def layer_queries(self, context: LayerContext) -> Tensor | None:
+        """Before layer K runs: the query rows (positions of ``context``) whose attention to the visual tokens
+        :meth:`in_lm` wants at that layer; None asks for no attention."""
+        return None
+
+    def in_lm(self, context: LayerContext) -> Kept:
+        """After layer K: per image, the tokens to keep for the remaining layers (or a :class:`Reduction`)."""
         return None

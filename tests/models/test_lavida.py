@@ -222,9 +222,9 @@ def test_cached_pruning_drops_keys_and_keeps_positions(lavida_models, family, mo
     calls = []
     logits = model.logits
 
-    def spy(embeds, position_ids, at, probe=None, cache=None):
+    def spy(embeds, position_ids, at, probe=None, cache=None, **options):
         calls.append((len(embeds), position_ids.clone(), cache.length))
-        return logits(embeds, position_ids, at, probe, cache)
+        return logits(embeds, position_ids, at, probe, cache, **options)
 
     monkeypatch.setattr(model, "logits", spy)
     record = generate(model, prompt, settings, make_pruner("redvtp", ratio=0.25)).record

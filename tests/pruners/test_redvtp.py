@@ -149,9 +149,9 @@ def spy_positions(model, monkeypatch):
     seen = []
     logits = model.logits
 
-    def spy(embeds, position_ids, at, probe=None):
+    def spy(embeds, position_ids, at, probe=None, **options):
         seen.append((len(embeds), position_ids.clone(), at.clone()))
-        return logits(embeds, position_ids, at, probe)
+        return logits(embeds, position_ids, at, probe, **options)
 
     monkeypatch.setattr(model, "logits", spy)
     return seen
@@ -205,7 +205,7 @@ def test_prune_after_a_later_step(tiny):
         ("redvtp", {"ratio": 0}, r"must lie in \(0, 1\], got 0"),
         ("redvtp", {"ratio": 1.5}, r"must lie in \(0, 1\], got 1.5"),
         ("redvtp", {"query_set": "visual"}, "query_set 'visual' is not one of masked"),
-        ("fastv", {}, "unknown pruner 'fastv'; choose one of none, redvtp, random"),
+        ("no_such_pruner", {}, "unknown pruner 'no_such_pruner'; choose one of none, redvtp, random, oracle, anti_oracle, "),
         ("redvtp", {"prune_after_step": 0}, "counts denoising steps from 1"),
     ],
 )
