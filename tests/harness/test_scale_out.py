@@ -14,6 +14,7 @@ import pytest
 QUICK = ["task=redvtp_toy_mcq", "wandb.mode=disabled", "warmup=0"]
 
 
+@pytest.mark.slow(reason="each job runs in its own submitit process, which loads torch, lmms-eval and the model anew")
 def test_submitit_launcher_runs_each_job_of_a_sweep(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "redvtp_eval", "-m", "hydra/launcher=local", "ratio=0.5,0.25", "limit=2",

@@ -40,6 +40,7 @@ def samples_of(job_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(job_dir) / "samples.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow(reason="it checks the whole SMOKE=1 grid: 8 paired jobs of 64 samples, then the report")
 def test_smoke_reproduction_writes_every_table_and_figure(smoke):
     sweep, out, stdout = smoke
     tables, figures = out / "tables" / "smoke_tables", out / "figures" / "smoke_tables"

@@ -49,6 +49,7 @@ def test_training_prompts_are_what_lmms_eval_sends():
         assert task.doc_to_text(doc) == task_prompt(name, doc)
 
 
+@pytest.mark.slow(reason="real optimiser steps of the toy model on generated pages are what the test checks")
 def test_training_a_few_steps_lowers_the_loss(tmp_path):
     from redvtp_eval.toy.train import train
 
@@ -67,6 +68,7 @@ def toy():
     return load_llada_v(TOY, dtype="float32")
 
 
+@pytest.mark.slow(reason="the card's scores are over all 64 held-out samples of both toy tasks")
 def test_the_shipped_toy_model_reaches_its_recorded_scores(toy):
     from redvtp_eval.toy.train import held_out_scores
 
