@@ -150,6 +150,15 @@ def layer_query_rows(context: LayerContext, queries: str) -> Tensor:
     return context.prompt_text
 
 
+def received_attention(context: LayerContext, queries: str) -> list[Tensor] | None:
+    """Per image, the attention each visual token receives at this layer, averaged over heads and the query rows
+    (FastV's and PDrop's score); None when nothing was probed or no query row is left."""
+    rows = layer_query_rows(context, queries)
+    if context.attention is None or len(rows) == 0:
+        return None
+    return context.split_by_image(context.attention(rows).mean(dim=0))
+
+
 def check_queries(queries: str) -> str:
     if queries not in LAYER_QUERIES:
         raise ValueError(f"queries {queries!r} is not one of {', '.join(LAYER_QUERIES)}")

@@ -36,6 +36,7 @@ from redvtp_eval.pruners.base import (
     check_queries,
     check_ratio,
     layer_query_rows,
+    received_attention,
     top_k_kept,
 )
 
@@ -58,10 +59,7 @@ class FastV(Pruner):
 
     def layer_scores(self, context: LayerContext) -> list[Tensor] | None:
         """Per image, the attention each visual token receives at layer K, averaged over heads and query rows."""
-        queries = layer_query_rows(context, self.queries)
-        if context.attention is None or len(queries) == 0:
-            return None
-        return context.split_by_image(context.attention(queries).mean(dim=0))
+        return received_attention(context, self.queries)
 
     def in_lm(self, context: LayerContext) -> list[Tensor] | None:
         scores = self.layer_scores(context)

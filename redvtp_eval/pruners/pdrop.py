@@ -26,6 +26,7 @@ from redvtp_eval.pruners.base import (
     check_queries,
     check_ratio,
     layer_query_rows,
+    received_attention,
     top_k_kept,
 )
 
@@ -56,7 +57,5 @@ class PDrop(Pruner):
         return layer_query_rows(context, self.queries)
 
     def in_lm(self, context: LayerContext) -> list[Tensor] | None:
-        queries = layer_query_rows(context, self.queries)
-        if context.attention is None or len(queries) == 0:
-            return None
-        return top_k_kept(context.split_by_image(context.attention(queries).mean(dim=0)), self.ratio)
+        scores = received_attention(context, self.queries)
+        return top_k_kept(scores, self.ratio) if scores is not None else None

@@ -6,6 +6,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -69,16 +70,24 @@ def test_ratio_one_answers_like_the_unpruned_model(tiny_dir, tmp_path, task):
     assert "ratio=1.0" in kept["config"]["model_args"]
 
 
-def test_an_undecodable_image_is_a_recorded_failure(tiny_dir, tmp_path):
+def edited_toy_task(tmp_path, name: str, edit) -> Path:
+    """A copy of the toy DocVQA task named ``name`` over its first three documents, as ``edit(frame)`` leaves them."""
     tasks_dir = tmp_path / "tasks"
     (tasks_dir / "data").mkdir(parents=True)
     shutil.copy(TASKS_DIR / "utils.py", tasks_dir)
-    yaml = (TASKS_DIR / "redvtp_toy_docvqa.yaml").read_text().replace("task: redvtp_toy_docvqa", "task: broken_docvqa")
-    (tasks_dir / "broken_docvqa.yaml").write_text(yaml.replace("data/redvtp_toy_docvqa.parquet", "data/broken.parquet"))
+    yaml = (TASKS_DIR / "redvtp_toy_docvqa.yaml").read_text().replace("task: redvtp_toy_docvqa", f"task: {name}")
+    (tasks_dir / f"{name}.yaml").write_text(yaml.replace("data/redvtp_toy_docvqa.parquet", f"data/{name}.parquet"))
     frame = pd.read_parquet(TASKS_DIR / "data" / "redvtp_toy_docvqa.parquet").head(3)
-    frame.loc[1, "image"] = io.BytesIO(b"this is not a png").getvalue()
-    frame.to_parquet(tasks_dir / "data" / "broken.parquet", index=False)
+    edit(frame)
+    frame.to_parquet(tasks_dir / "data" / f"{name}.parquet", index=False)
+    return tasks_dir
 
+
+def test_an_undecodable_image_is_a_recorded_failure(tiny_dir, tmp_path):
+    def break_image(frame):
+        frame.loc[1, "image"] = io.BytesIO(b"this is not a png").getvalue()
+
+    tasks_dir = edited_toy_task(tmp_path, "broken_docvqa", break_image)
     results = evaluate(tiny_dir, tasks_dir, "broken_docvqa", tmp_path / "log.jsonl", 3, pruner="redvtp", ratio=0.5)
     logged = SamplesLog(tmp_path / "log.jsonl").read()
     assert [entry["failed"] is None for entry in logged] == [True, False, True]
@@ -88,16 +97,12 @@ def test_an_undecodable_image_is_a_recorded_failure(tiny_dir, tmp_path):
 
 def test_a_context_that_holds_image_tags_runs_as_the_official_wrapper_runs_it(tiny_dir, tmp_path):
     """One tag for one image: used where it stands. Two tags for one image: that sample fails, the job goes on."""
-    tasks_dir = tmp_path / "tasks"
-    (tasks_dir / "data").mkdir(parents=True)
-    shutil.copy(TASKS_DIR / "utils.py", tasks_dir)
-    yaml = (TASKS_DIR / "redvtp_toy_docvqa.yaml").read_text().replace("task: redvtp_toy_docvqa", "task: tagged_docvqa")
-    (tasks_dir / "tagged_docvqa.yaml").write_text(yaml.replace("data/redvtp_toy_docvqa.parquet", "data/tagged.parquet"))
-    frame = pd.read_parquet(TASKS_DIR / "data" / "redvtp_toy_docvqa.parquet").head(3)
-    frame.loc[1, "question"] = "Compare <image> with <image>: what color is the box?"
-    frame.loc[2, "question"] = "<image>\nWhat color is the box?"
-    frame.to_parquet(tasks_dir / "data" / "tagged.parquet", index=False)
 
+    def tag_questions(frame):
+        frame.loc[1, "question"] = "Compare <image> with <image>: what color is the box?"
+        frame.loc[2, "question"] = "<image>\nWhat color is the box?"
+
+    tasks_dir = edited_toy_task(tmp_path, "tagged_docvqa", tag_questions)
     evaluate(tiny_dir, tasks_dir, "tagged_docvqa", tmp_path / "log.jsonl", 3, pruner="none")
     logged = SamplesLog(tmp_path / "log.jsonl").read()
     assert [entry["failed"] for entry in logged] == [
