@@ -489,7 +489,31 @@ def generate(
     region: list[Tensor | None] | None = None,
 ) -> Generation:
     """Fill ``settings.gen_length`` masked positions after ``prompt``; batch size 1. ``region``: per image, a
-    boolean mask of the visual tokens that show the answer, for the pruners that are told (oracles)."""
+    boolean mask of the visual tokens that show the answer, for the pruners that are told (oracles).
+
+    On CUDA, a model whose official loop runs under autocast (``model.autocast_dtype``: LLaDA-V's
+    ``torch.cuda.amp.autocast()``, float16) runs the whole loop under it when its weights are in that dtype,
+    so softmax, norms and reductions take autocast's float32 route as there; a ``model.dtype`` override
+    (e.g. bfloat16) turns it off, and on the CPU it does nothing (the official context is CUDA-only)."""
+    autocast = official_autocast(model)
+    with torch.autocast("cuda", dtype=autocast or torch.float16, enabled=autocast is not None):
+        return _generate(model, prompt, settings, pruner, generator, region)
+
+
+def official_autocast(model: DiffusionVLM) -> torch.dtype | None:
+    """The autocast dtype :func:`generate` runs under: the model's official one, on CUDA, in its own dtype."""
+    autocast = model.autocast_dtype
+    return autocast if model.device.type == "cuda" and autocast == model.dtype else None
+
+
+def _generate(
+    model: DiffusionVLM,
+    prompt: Prompt,
+    settings: GenerationSettings,
+    pruner: Pruner | None,
+    generator: torch.Generator | None,
+    region: list[Tensor | None] | None,
+) -> Generation:
     pruner = pruner or Pruner()
     device = model.device
     timer = Timer(device)

@@ -37,10 +37,17 @@ from redvtp_eval.engine.families import family as model_family
 from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.harness.measurement import generation_fields, measure
 from redvtp_eval.harness.samples_log import SamplesLog
-from redvtp_eval.models.llada_v import ImageTagError, PromptTooLongError
+from redvtp_eval.models.llada_v import ImageTagError, PromptTooLongError, TokenOutsideVocabularyError
 from redvtp_eval.pruners import Pruner, make_pruner
 
-SAMPLE_ERRORS = (UnidentifiedImageError, DecompressionBombError, OSError, PromptTooLongError, ImageTagError)
+SAMPLE_ERRORS = (
+    UnidentifiedImageError,
+    DecompressionBombError,
+    OSError,
+    PromptTooLongError,
+    ImageTagError,
+    TokenOutsideVocabularyError,
+)
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
 
 

@@ -57,6 +57,9 @@ class DiffusionVLM(Protocol):
     shifted_logits: bool
     """Position i is predicted by the output at i − 1 (AR-initialised backbones); ``logits`` already aligns them."""
     device: torch.device
+    dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    """The CUDA autocast the official generation loop runs under (LLaDA-V: float16), or None (LaViDa)."""
     num_layers: int
     """Decoder layers of the language model (where a pruner inside it may act)."""
 

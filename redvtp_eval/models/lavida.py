@@ -34,6 +34,7 @@ from redvtp_eval.models.llada_v import (
     LladaVConfig,
     build_network,
     check_attention,
+    head_follows_resize,
     parse_dtype,
 )
 from redvtp_eval.models.prompt import CHATML_CHAT_TEMPLATE, LLADA_CHAT_TEMPLATE, render_chat
@@ -127,6 +128,10 @@ class LavidaFamily:
     shifted_logits: bool
     tokenizer_class: type
     """LLaDA's tokenizer ships as tokenizer.json; Dream's is Qwen2's BPE, which may ship as vocab.json + merges.txt."""
+    untied_by_default: bool
+    """What the official config class assumes when config.json has no ``tie_word_embeddings``: LLaDA's OLMo
+    ``LLaDAConfig`` keeps PretrainedConfig's tied default (so the loader's resize leaves its 126464-row head),
+    Dream's config class says untied."""
 
 
 LLADA = LavidaFamily(
@@ -139,6 +144,7 @@ LLADA = LavidaFamily(
     dropped_text=(),
     shifted_logits=False,
     tokenizer_class=PreTrainedTokenizerFast,
+    untied_by_default=False,
 )
 DREAM = LavidaFamily(
     name="LaViDa-Dream",
@@ -150,6 +156,7 @@ DREAM = LavidaFamily(
     dropped_text=("<|im_end|>\n",),
     shifted_logits=True,
     tokenizer_class=Qwen2Tokenizer,
+    untied_by_default=True,
 )
 
 
@@ -174,6 +181,8 @@ class Lavida(LladaV):
     """LaViDa at inference: LLaDA-V's runtime with LaViDa's prompt, pooling, decoding and logit alignment."""
 
     suppressed_tokens = ()
+    autocast_dtype = None
+    """LaViDa's generate runs without autocast, in the weights' bfloat16."""
 
     def __init__(self, network, tokenizer, family: LavidaFamily) -> None:
         self.family = family
@@ -207,12 +216,13 @@ def load_lavida(
 ) -> Lavida:
     check_attention(attn_implementation)
     directory = resolve_checkpoint(path, family.hub_id)
-    config = lavida_config(family, read_config(directory), attn_implementation, directory)
+    raw = read_config(directory)
+    config = lavida_config(family, raw, attn_implementation, directory)
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
     network = build_network(config, torch_dtype, torch_device)
     load_weights(network, directory, torch_dtype, torch_device, family.key_map)
     tokenizer = family.tokenizer_class.from_pretrained(directory)
-    network.truncate_vocab(len(tokenizer))
+    network.truncate_vocab(len(tokenizer), head=head_follows_resize(raw, family.untied_by_default))
     return Lavida(network, tokenizer, family)
 
 

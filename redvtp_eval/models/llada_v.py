@@ -263,12 +263,26 @@ class LladaVNetwork(nn.Module):
                 rows = keep.nonzero().squeeze(1) if rows is None else rows[keep]
         return self.model.norm(hidden), rows
 
-    def truncate_vocab(self, size: int) -> None:
-        """Keep the first ``size`` rows of the embedding and LM head, as the official loader's resize does."""
+    def truncate_vocab(self, size: int, head: bool) -> None:
+        """Keep the first ``size`` rows of the input embedding and, if ``head``, of the LM head, as the official
+        loader's ``resize_token_embeddings(len(tokenizer))``: transformers resizes the output embedding only
+        when the config says the two are untied (:func:`head_follows_resize`)."""
         if size > self.config.text.vocab_size:
             raise CheckpointError(f"tokenizer has {size} tokens but the model only {self.config.text.vocab_size}")
-        self.model.embed_tokens.weight = nn.Parameter(self.model.embed_tokens.weight[:size].clone())
-        self.lm_head.weight = nn.Parameter(self.lm_head.weight[:size].clone())
+        rows = self.model.embed_tokens.weight[:size].clone()
+        self.model.embed_tokens = nn.Embedding.from_pretrained(rows, freeze=False)
+        if head:
+            self.lm_head.weight = nn.Parameter(self.lm_head.weight[:size].clone())
+            self.lm_head.out_features = size
+            self.config.text.vocab_size = size
+
+
+def head_follows_resize(raw: dict, untied_by_default: bool) -> bool:
+    """Whether ``resize_token_embeddings`` also cuts the LM head: transformers (4.40 for LLaDA-V, 4.50 for
+    LaViDa) resizes it only when ``config.tie_word_embeddings`` is false, and the config class supplies the
+    default when config.json does not say (LLaDA-V's and Dream's classes: untied; LaViDa-LLaDA's OLMo
+    ``LLaDAConfig``: PretrainedConfig's tied default, while its own ``tie_weights`` never ties ``ff_out``)."""
+    return not raw.get("tie_word_embeddings", not untied_by_default)
 
 
 @dataclass(frozen=True)
@@ -284,6 +298,11 @@ class PromptTooLongError(ValueError):
     """The prompt does not fit the model's context; the sample cannot be run as is."""
 
 
+class TokenOutsideVocabularyError(ValueError):
+    """A committed id has an LM-head row but no input embedding (LaViDa-LLaDA's head keeps the padded vocabulary);
+    the official code would index past its embedding here, so the sample cannot go on."""
+
+
 class ImageTagError(ValueError):
     """The question's own ``<image>`` tags do not match its images; the sample cannot be run as is."""
 
@@ -295,6 +314,8 @@ class LladaV:
     suppressed_tokens = SUPPRESSED_TOKENS
     shifted_logits = False
     """True for AR-initialised backbones (Dream): position i is predicted by the output at position i − 1."""
+    autocast_dtype = torch.float16
+    """The official ``generate_with_embeds`` runs inside ``torch.cuda.amp.autocast(enabled=True)`` (float16)."""
 
     def __init__(self, network: LladaVNetwork, tokenizer: PreTrainedTokenizerBase) -> None:
         self.network = network
@@ -406,6 +427,11 @@ class LladaV:
         return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds, visual_grids=grids, crops=crops)
 
     def embed(self, token_ids: Tensor) -> Tensor:
+        rows = self.network.model.embed_tokens.num_embeddings
+        if rows < self.network.lm_head.out_features and int(token_ids.max()) >= rows:
+            raise TokenOutsideVocabularyError(
+                f"the model committed id {int(token_ids.max())}, past its {rows}-row input embedding"
+            )
         return self.network.model.embed_tokens(token_ids)
 
     @torch.no_grad()
@@ -486,10 +512,11 @@ def load_llada_v(
     """Load the official checkpoint (hub id in the local cache, or a directory), or a tiny one of the same layout."""
     check_attention(attn_implementation)
     directory = resolve_checkpoint(path, HUB_ID)
-    config = LladaVConfig.from_dict(read_config(directory), attn_implementation, directory)
+    raw = read_config(directory)
+    config = LladaVConfig.from_dict(raw, attn_implementation, directory)
     torch_dtype, torch_device = parse_dtype(dtype), torch.device(device)
     network = build_network(config, torch_dtype, torch_device)
     load_weights(network, directory, torch_dtype, torch_device)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    network.truncate_vocab(len(tokenizer))
+    network.truncate_vocab(len(tokenizer), head=head_follows_resize(raw, untied_by_default=True))
     return LladaV(network, tokenizer)

@@ -236,7 +236,11 @@ TINY = {
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, family: str = "llada_v", layers: int | None = None) -> Path:
-    """Random weights with sharpened attention; same seed, same bytes. ``layers`` overrides the text depth."""
+    """Random weights with sharpened attention; same seed, same bytes. ``layers`` overrides the text depth.
+
+    The LM head's rows past the tokenizer (ids no tokenizer can write, as the real checkpoints' padded
+    vocabulary) are zero: never trained, they lose every argmax to the random rows, as untrained rows do in a
+    real model — where a loader keeps them (LaViDa-LLaDA), they stay generable but are not generated."""
     if family not in TINY:
         raise ValueError(f"no tiny checkpoint for family {family!r}; choose one of {', '.join(TINY)}")
     spec = TINY[family]
@@ -245,11 +249,13 @@ def make_tiny(out_dir: str | Path, seed: int = 0, family: str = "llada_v", layer
         raw[spec.text_field("num_hidden_layers")] = layers
     torch.manual_seed(seed)
     network = LladaVNetwork(spec.network_config(raw, "sdpa"))
+    tokenizer = spec.tokenizer()
     with torch.no_grad():
         for layer in network.model.layers:
             layer.self_attn.q_proj.weight.mul_(ATTENTION_GAIN)
             layer.self_attn.k_proj.weight.mul_(ATTENTION_GAIN)
-    return save_checkpoint(network, raw, out_dir, spec.tokenizer(), spec.key_map)
+        network.lm_head.weight[len(tokenizer) :] = 0
+    return save_checkpoint(network, raw, out_dir, tokenizer, spec.key_map)
 
 
 def main() -> None:

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers import page
 
-from redvtp_eval.engine.sampler import GenerationSettings, _first_stop, generate, transfer_schedule
+from redvtp_eval.engine.sampler import (
+    GenerationSettings,
+    _first_stop,
+    generate,
+    official_autocast,
+    transfer_schedule,
+)
 from redvtp_eval.pruners import Pruner, make_pruner
 
 
@@ -128,3 +136,22 @@ def test_the_record_accounts_for_time_and_tokens(tiny):
     assert record.seconds["first_step"] == record.step_seconds[0]
     assert {"preprocess", "vision", "prune"} <= set(record.seconds)
     assert record.prompt_tokens == len(prompt.embeds)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "official", "expected"),
+    [
+        ("cuda", torch.float16, torch.float16, torch.float16),
+        ("cuda", torch.bfloat16, torch.float16, None),
+        ("cpu", torch.float16, torch.float16, None),
+        ("cuda", torch.bfloat16, None, None),
+    ],
+)
+def test_the_loop_runs_under_the_official_autocast_only_on_cuda_in_its_dtype(device, dtype, official, expected):
+    model = SimpleNamespace(device=torch.device(device), dtype=dtype, autocast_dtype=official)
+    assert official_autocast(model) == expected
+
+
+def test_llada_v_declares_the_official_float16_autocast_and_lavida_none(tiny, lavida_models):
+    assert tiny.autocast_dtype == torch.float16
+    assert {model.autocast_dtype for model, _ in lavida_models.values()} == {None}

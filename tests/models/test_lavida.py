@@ -17,6 +17,7 @@ from redvtp_eval.engine.families import FAMILIES, lavida_dream_settings, lavida_
 from redvtp_eval.engine.sampler import generate, transfer_schedule
 from redvtp_eval.models.checkpoint import CheckpointError
 from redvtp_eval.models.lavida import OLMO_KEY_MAP, load_lavida_dream, load_lavida_llada
+from redvtp_eval.models.llada_v import TokenOutsideVocabularyError
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.models.prompt import SYSTEM_PROMPT
 from redvtp_eval.pruners import make_pruner
@@ -48,6 +49,29 @@ def test_lavida_llada_checkpoint_uses_the_olmo_names_on_the_llada_v_modules(lavi
     assert OLMO_KEY_MAP.to_checkpoint("model.layers.12.self_attn.o_proj.weight") == (
         "model.transformer.blocks.12.attn_out.weight"
     )
+
+
+@pytest.mark.parametrize(("family", "head_rows"), [("lavida_llada", 512), ("lavida_dream", None)])
+def test_the_loader_cuts_the_vocabulary_as_the_official_resize(lavida_models, family, head_rows):
+    """resize_token_embeddings(len(tokenizer)): the input embedding always; the head only for an untied config
+    (Dream's class default); LaViDa-LLaDA's OLMo config is tied by default, so its 512-row head stays."""
+    model, _ = lavida_models[family]
+    words = len(model.tokenizer)
+    assert model.network.model.embed_tokens.num_embeddings == words < 512
+    assert model.network.lm_head.weight.shape[0] == model.network.lm_head.out_features == (head_rows or words)
+    ids = torch.tensor([3, words - 1])
+    assert torch.equal(model.embed(ids), model.network.model.embed_tokens.weight[ids])
+    if head_rows:
+        with pytest.raises(TokenOutsideVocabularyError, match=f"committed id {words}, past its {words}-row"):
+            model.embed(torch.tensor([3, words]))
+
+
+def test_an_untied_lavida_llada_config_cuts_the_head_too(lavida_dirs, tmp_path):
+    directory = shutil.copytree(lavida_dirs["lavida_llada"], tmp_path / "untied")
+    raw = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**raw, "tie_word_embeddings": False}))
+    model = load_lavida_llada(directory, dtype="float32")
+    assert model.network.lm_head.weight.shape[0] == model.config.text.vocab_size == len(model.tokenizer)
 
 
 def test_lavida_dream_is_qwen2_shaped(lavida_dirs, lavida_models):
