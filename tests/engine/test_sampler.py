@@ -50,7 +50,7 @@ PRUNERS_THAT_KEEP_EVERYTHING = [
     ("none", {}),
     ("redvtp", {"ratio": 1.0}),
     ("redvtp", {"ratio": 1.0, "keep_positions": True}),
-    ("redvtp", {"ratio": 1.0, "query_set": "prompt+masked", "record_scores": True}),
+    ("redvtp", {"ratio": 1.0, "query_set": "text_after_image+masked", "record_scores": True}),
 ]
 
 

@@ -74,12 +74,17 @@ def naive_step_one_scores(model, prompt, settings, query_set):
     still_masked[decoded] = False
     ((start, end),) = prompt.visual_spans
     text = torch.tensor([p for p in range(prompt_length) if not start <= p < end])
+    text_start = end  # the official code's ``text_start``: where the image's tokens end
+    remasked = torch.tensor([prompt_length + i for i in range(gen) if still_masked[i]])
     queries = {
-        "masked": still_masked.nonzero().squeeze(1) + prompt_length,
-        "prompt+masked": torch.cat([text, still_masked.nonzero().squeeze(1) + prompt_length]),
-        "prompt": text,
-        "all_response": torch.arange(gen) + prompt_length,
+        "masked": remasked,
+        "text_after_image+masked": torch.cat([torch.arange(text_start, prompt_length), remasked]),
+        "text_after_image": torch.arange(text_start, prompt_length),
+        "text_after_image+all_response": torch.arange(text_start, prompt_length + gen),
         "decoded": decoded.sort().values + prompt_length,
+        "prompt_text+masked": torch.cat([text, remasked]),
+        "prompt_text": text,
+        "all_response": torch.arange(gen) + prompt_length,
     }[query_set]
     attention = torch.stack([layer_map.mean(dim=0) for layer_map in maps]).mean(dim=0)
     return attention[queries][:, start:end].mean(dim=0)
@@ -95,7 +100,7 @@ RESPONSE_QUERY_SETS = ("masked", "decoded")
 """Query sets that exist with the prefix cache, whose forwards query the response positions only."""
 CASES = [
     *[("llada_v", False, query_set) for query_set in QUERY_SETS],
-    *[(family, False, query_set) for family in LAVIDA_FAMILIES for query_set in ("masked", "prompt+masked")],
+    *[(family, False, query_set) for family in LAVIDA_FAMILIES for query_set in ("masked", "text_after_image+masked")],
     *[(family, True, query_set) for family in LAVIDA_FAMILIES for query_set in RESPONSE_QUERY_SETS],
 ]
 
@@ -132,7 +137,7 @@ def test_prompt_queries_need_the_uncached_forward(lavida_models, family):
     model, _ = lavida_models[family]
     settings = replace(FAMILY_SETTINGS[family][0], prefix_cache=True)
     with pytest.raises(ValueError, match="only the response positions are queried"):
-        generate(model, model.prepare("Q", [page()]), settings, make_pruner("redvtp", query_set="prompt+masked"))
+        generate(model, model.prepare("Q", [page()]), settings, make_pruner("redvtp", query_set="text_after_image"))
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.75, 0.5, 0.25, 0.1, 1e-6])
