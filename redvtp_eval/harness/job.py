@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
+from argparse import Namespace
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.harness.lmms_plugin import link_lmms_eval_tasks
 from redvtp_eval.harness.offline_tasks import ROOT, TASKS_DIR, ensure_offline_tasks
+from redvtp_eval.harness.sample_scores import sample_outcome
 from redvtp_eval.harness.samples_log import SamplesLog, log_path, read_all
 from redvtp_eval.harness.summary import format_table, summarize
 from redvtp_eval.harness.tracking import wandb_run
@@ -74,8 +76,11 @@ def check_family(cfg: DictConfig) -> None:
             f"task {cfg.task.name} has no generation settings for {cfg.model.family}; "
             f"add generation.{cfg.model.family} to its configs/task file"
         )
+    for key in ("lmms_task", "include_path"):
+        if OmegaConf.is_missing(cfg.task, key):
+            raise JobError(f"task {cfg.task.name} needs task.{key}=... (see configs/task/{cfg.task.name}.yaml)")
     tasks = cfg.task.get("tasks", {}).get(cfg.protocol.name, {})
-    if cfg.model.family not in tasks:
+    if "tasks" in cfg.task and cfg.model.family not in tasks:
         raise JobError(
             f"task {cfg.task.name} names no lmms-eval task for protocol={cfg.protocol.name} and {cfg.model.family}; "
             f"add tasks.{cfg.protocol.name}.{cfg.model.family} to its configs/task file"
@@ -108,14 +113,46 @@ def checkpoint_path(cfg: DictConfig) -> str:
     return str(resolve_checkpoint(local.resolve() if local.exists() else cfg.model.path, hub_id))
 
 
+def include_paths(cfg: DictConfig) -> list[str]:
+    """Where lmms-eval looks for task YAMLs: the project's ``tasks/``, then the user's ``task.include_path``
+    (one folder or a list; relative paths are taken from where the job was started)."""
+    extra = cfg.task.get("include_path") or []
+    extra = [extra] if isinstance(extra, str) else list(extra)
+    missing = [path for path in extra if not Path(path).expanduser().is_dir()]
+    if missing:
+        raise JobError(f"task.include_path {', '.join(missing)} is not a folder of lmms-eval task YAMLs")
+    return [str(TASKS_DIR), *(str(Path(path).expanduser().resolve()) for path in extra)]
+
+
 def task_manager_for(cfg: DictConfig):
-    """lmms-eval's task index: our offline tasks, plus lmms-eval's own unless the task is offline. Never downloads."""
+    """lmms-eval's task index: our offline tasks and the user's include path, plus lmms-eval's own unless the
+    task is offline. Never downloads."""
     from lmms_eval.tasks import TaskManager
 
     if cfg.task.offline:
         ensure_offline_tasks()
     link_lmms_eval_tasks()
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.offline)
+    return TaskManager(include_path=include_paths(cfg), include_defaults=not cfg.task.offline)
+
+
+def judge_configured() -> bool:
+    """Whether lmms-eval's GPT judge has credentials, by its own variables (``API_TYPE``, then
+    ``OPENAI_API_KEY`` or ``AZURE_API_KEY``; lmms-eval's placeholder ``YOUR_API_KEY`` is none)."""
+    key = {"openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY"}.get(os.environ.get("API_TYPE", "openai"))
+    return key is not None and os.environ.get(key, "YOUR_API_KEY") not in ("", "YOUR_API_KEY")
+
+
+def lmms_task_of(cfg: DictConfig) -> tuple[str, str | None]:
+    """The lmms-eval task the job runs and, when it is not the configured one, a line saying why: a task
+    whose scorer asks a judge (``task.without_judge`` names its judge-free route) runs that route when no
+    judge is configured, instead of attempting connections it cannot make and guessing letters."""
+    without_judge = cfg.task.get("without_judge")
+    if without_judge is None or judge_configured():
+        return cfg.task.lmms_task, None
+    return without_judge, (
+        f"{cfg.task.name}: no judge configured (OPENAI_API_KEY / AZURE_API_KEY unset), so answers no rule can "
+        f"match are not sent to one: scoring by lmms-eval's rule-based extractor ({without_judge})"
+    )
 
 
 def load_task(task_manager, name: str) -> None:
@@ -167,23 +204,19 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
     return ",".join(f"{key}={value}" for key, value in args.items())
 
 
-def sample_score(sample: dict, metric: str) -> float | None:
-    """A sample's value of the task's metric: a number, or the ``score`` inside a per-sample record (MME)."""
-    value = sample.get(metric.split(",")[0])
-    if isinstance(value, dict):
-        value = value.get("score")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def evaluate(model, model_arguments: str | None, cfg: DictConfig, task_manager) -> dict:
+def evaluate(model, model_arguments: str | None, cfg: DictConfig, task_manager, task: str, job_dir: Path) -> dict:
+    """lmms-eval's ``simple_evaluate`` as its CLI calls it: scoring reads the documents without their media
+    (an image that does not decode fails its own sample, not the scoring of all), and submissions are
+    written into the job directory."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.utils import get_datetime_str
 
     generation = cfg.task.generation[cfg.model.family]
+    cli_args = Namespace(process_with_media=False, output_path=str(job_dir), reasoning_tags=None)
     return simple_evaluate(
         model=model,
         model_args=model_arguments,
-        tasks=[cfg.task.lmms_task],
+        tasks=[task],
         task_manager=task_manager,
         gen_kwargs=",".join(f"{key}={value}" for key, value in generation.items()),
         limit=cfg.limit,
@@ -193,7 +226,13 @@ def evaluate(model, model_arguments: str | None, cfg: DictConfig, task_manager) 
         random_seed=cfg.seed,
         datetime_str=get_datetime_str(),
         verbosity="WARNING",
+        cli_args=cli_args,
     )
+
+
+def side_scores(results: dict, name: str, sub_metrics) -> dict:
+    """The task's further aggregate scores (MME cognition next to perception), by lmms-eval result key."""
+    return {metric: results["results"][name].get(metric) for metric in sub_metrics or []}
 
 
 def dump(path: Path, data: dict) -> None:
@@ -233,25 +272,30 @@ def _run(
     cfg: DictConfig, job_dir: Path, checkpoint: str, config: dict, sweep: str | None, rank: int, world_size: int
 ) -> dict | None:
     task_manager = task_manager_for(cfg)
-    load_task(task_manager, cfg.task.lmms_task)
+    name, note = lmms_task_of(cfg)
+    if note and rank == 0:
+        print(note)
+    load_task(task_manager, name)
     if rank == 0:
         dump(job_dir / "environment.json", environment(cfg.model.device))
 
-    name = f"{cfg.model.path}/{cfg.task.name}/{cfg.pruner.tag}"
+    run_name = f"{cfg.model.path}/{cfg.task.name}/{cfg.pruner.tag}"
     settings = cfg.wandb if rank == 0 else OmegaConf.create({"mode": "disabled"})
-    with wandb_run(settings, job_dir, config, name, sweep) as tracker:
+    with wandb_run(settings, job_dir, config, run_name, sweep) as tracker:
         from redvtp_eval.harness.lmms_adapter import PrunedDiffusionVLM, RecordedAnswers
 
         arguments = model_args(cfg, checkpoint)
         own_log = str(log_path(job_dir, rank, world_size))
         adapter = PrunedDiffusionVLM.create_from_arg_string(arguments, {"log_path": own_log})
-        results = evaluate(adapter, arguments, cfg, task_manager)
+        results = evaluate(adapter, arguments, cfg, task_manager, name, job_dir)
         entries = read_all(job_dir, world_size)
-        name, metric = cfg.task.lmms_task, cfg.task.metric
+        metric, scorer = cfg.task.metric, cfg.task.get("sample_scorer", "metric")
         baseline = None
         if any(entry.get("baseline") for entry in entries):
             answers = {(e["task"], e["doc_id"]): (e.get("baseline") or {}).get("prediction", "") for e in entries}
-            baseline = evaluate(RecordedAnswers(answers, adapter.device), None, cfg, task_manager)
+            baseline = evaluate(
+                RecordedAnswers(answers, adapter.device), None, cfg, task_manager, name, job_dir / "baseline"
+            )
         if rank != 0:
             return None
         pruned_samples = {sample["doc_id"]: sample for sample in results.pop("samples")[name]}
@@ -264,21 +308,27 @@ def _run(
         for entry in entries:
             sample = pruned_samples[entry["doc_id"]]
             entry["target"] = sample["target"]
-            entry["score"] = sample_score(sample, metric)
+            entry["score"], entry["unparseable"] = sample_outcome(sample, metric, scorer)
             if entry.get("baseline"):
-                entry["baseline"]["score"] = sample_score(baseline_samples[entry["doc_id"]], metric)
+                outcome = sample_outcome(baseline_samples[entry["doc_id"]], metric, scorer)
+                entry["baseline"]["score"], entry["baseline"]["unparseable"] = outcome
         SamplesLog(job_dir / "samples.jsonl").rewrite(entries)
+        sub_metrics = cfg.task.get("sub_metrics")
         metrics = {
             "model": cfg.model.path,
             "task": cfg.task.name,
             "protocol": cfg.protocol.name,
             "lmms_task": name,
+            "scoring_note": note,
             "metric": metric,
             "pruner": cfg.pruner.name,
             "ratio": cfg.ratio if cfg.pruner.name != "none" else 1.0,
             "world_size": world_size,
             **summarize(entries, results["results"][name][metric], baseline_score),
         }
+        metrics["pruned"]["sub_scores"] = side_scores(results, name, sub_metrics)
+        if metrics["unpruned"]:
+            metrics["unpruned"]["sub_scores"] = side_scores(baseline, name, sub_metrics)
         tracker.log_job(metrics, entries)
     dump(job_dir / "metrics.json", metrics)
     print(format_table(metrics, cfg.pruner.tag))

@@ -12,30 +12,45 @@ into ``model.prepare`` → ``generate`` and times it. lmms-eval finds it by name
 ``lmms_eval.models`` entry point (:mod:`redvtp_eval.harness.lmms_plugin`); the harness passes the same name and a
 ``model_args`` string, so pruner and ratio are part of every lmms-eval record.
 
-Per request, with ``paired_baseline`` (default), the adapter also runs the unpruned model on the same
+Per request, with ``paired_baseline`` (the harness turns it on; from lmms-eval's own CLI it is opt-in:
+``--model_args ...,paired_baseline=True,log_path=...``), the adapter also runs the unpruned model on the same
 sample through the same code and timer, alternating which of the two goes first so that drift hits both
 alike; each sample's random stream (sampling, random pruning) is seeded from (seed, task, doc_id). With
 ``log_path``, every finished sample is appended to that JSONL file at once (answers, timings, token
 counts, failures) and a re-run skips the samples already there. ``family`` (``llada_v`` by default,
 ``lavida_llada``, ``lavida_dream``) picks the loader and how the task's ``gen_kwargs`` are read: under that
 family's official names (:mod:`redvtp_eval.engine.families`). lmms-eval's ``until`` is ignored, as in the
-official wrappers.
+official wrappers. A task this project knows (``configs/task/*.yaml`` names it for the family, under either
+protocol) starts from that config's generation settings, so the stock CLI runs DocVQA at 32 tokens / 16 steps
+as the harness does; the family's own names given with ``--gen_kwargs`` override them, except those that a
+task YAML also sets (``max_new_tokens``, ``temperature``: their values cannot be told apart from the YAML's, so
+for a known task they are the config's; change them in ``configs/task`` or run the task under a new name).
+
+What the sample's record says beyond the answer: ``truncated_image`` when an image decoded only because
+lmms-eval lets PIL fill a truncated file (``LOAD_TRUNCATED_IMAGES``); ``raw_prediction`` when the answer
+held characters a worksheet cannot store (MMBench writes answers into an xlsx submission), which are
+removed from the ``prediction`` that lmms-eval scores.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from functools import cache
 
 import torch
+import yaml
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
-from PIL import UnidentifiedImageError
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from PIL import ImageFile, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
 from redvtp_eval.engine.families import family as model_family
 from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.harness.measurement import generation_fields, measure
+from redvtp_eval.harness.offline_tasks import TASK_CONFIGS
 from redvtp_eval.harness.samples_log import SamplesLog
 from redvtp_eval.models.llada_v import ImageTagError, PromptTooLongError, TokenOutsideVocabularyError
 from redvtp_eval.pruners import Pruner, make_pruner
@@ -51,6 +66,56 @@ SAMPLE_ERRORS = (
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
 
 
+@cache
+def known_generation(task: str, family: str) -> dict:
+    """The generation settings ``configs/task/*.yaml`` gives ``family`` on the lmms-eval task ``task`` (under
+    either protocol, and its judge-free route); empty for a task no config names."""
+    for path in sorted(TASK_CONFIGS.glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        routes = [config.get("tasks", {}), config.get("tasks_without_judge", {})]
+        if any(protocol.get(family) == task for route in routes for protocol in route.values()):
+            return dict(config["generation"][family])
+    return {}
+
+
+YAML_GENERATION_KEYS = frozenset({"max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "until"})
+"""The keys lmms-eval's task YAMLs set under ``generation_kwargs``: for a known task they come from the YAML, not
+from the user, so the task config's settings replace them."""
+
+
+def task_settings(known: dict, gen_kwargs: dict) -> dict:
+    """The gen_kwargs a request runs with: a known task's settings, then what the user set beyond the YAML's keys."""
+    if not known:
+        return gen_kwargs
+    return known | {key: value for key, value in gen_kwargs.items() if key not in YAML_GENERATION_KEYS}
+
+
+def decoded_visuals(visuals: Callable[[], list]) -> tuple[list, bool]:
+    """The document's images (``visuals`` reads the document, which decodes ``datasets`` Image columns, and
+    calls the task's ``doc_to_visual``), and whether one decoded only as a truncated file: lmms-eval lets PIL
+    fill those in, so the sample is evaluated as lmms-eval would, and flagged."""
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        return visuals(), False
+    except OSError as error:
+        if not allowed or "truncated" not in str(error):
+            raise
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+    return visuals(), True
+
+
+def storable(fields: dict) -> dict:
+    """The fields with the characters a worksheet rejects removed from the answer (kept as ``raw_prediction``)."""
+    clean = ILLEGAL_CHARACTERS_RE.sub("", fields["prediction"])
+    return (
+        fields
+        if clean == fields["prediction"]
+        else fields | {"prediction": clean, "raw_prediction": fields["prediction"]}
+    )
+
+
 class PrunedDiffusionVLM(lmms):
     """A diffusion VLM of any registered family with a pruner, driven by lmms-eval; batch size 1 (the sampler's)."""
 
@@ -62,7 +127,7 @@ class PrunedDiffusionVLM(lmms):
         dtype: str | None = None,
         device: str | None = None,
         attn_implementation: str = "sdpa",
-        paired_baseline: bool = True,
+        paired_baseline: bool = False,
         warmup: int = 1,
         seed: int = 0,
         log_path: str | None = None,
@@ -78,7 +143,7 @@ class PrunedDiffusionVLM(lmms):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.pruner = make_pruner(pruner, **pruner_options)
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
-        self.family = model_family(family)
+        self.family, self.family_name = model_family(family), family
         self.model = self.family.load(
             pretrained or self.family.hub_id,
             dtype=dtype or self.family.dtype,
@@ -111,9 +176,13 @@ class PrunedDiffusionVLM(lmms):
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
         entry = {"task": task, "doc_id": doc_id, "rank": self.rank, "prediction": "", "failed": None}
         try:
-            settings, think_mode = self.family.settings(gen_kwargs)
+            settings, think_mode = self.family.settings(
+                task_settings(known_generation(task, self.family_name), gen_kwargs)
+            )
             seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
-            images = doc_to_visual(self.task_dict[task][split][doc_id])
+            images, truncated = decoded_visuals(lambda: doc_to_visual(self.task_dict[task][split][doc_id]))
+            if truncated:
+                entry["truncated_image"] = True
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])
             if not warm:
                 for _ in range(self.warmup):
@@ -125,8 +194,8 @@ class PrunedDiffusionVLM(lmms):
         except SAMPLE_ERRORS as error:
             entry["failed"] = f"{type(error).__name__}: {error}"
             return entry
-        entry |= measured["pruned"]
-        entry["baseline"] = measured.get("baseline")
+        entry |= storable(measured["pruned"])
+        entry["baseline"] = storable(measured["baseline"]) if "baseline" in measured else None
         return entry
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:

@@ -40,6 +40,7 @@ def side(runs: list[dict], score: float | None) -> dict:
         "visual_tokens_after": statistics.fmean(run["visual_tokens_after"] for run in runs) if runs else None,
         "steps": statistics.fmean(run["steps"] for run in runs) if runs else None,
         "peak_memory_gib": max(peaks, default=None),
+        "unparseable": sum(1 for run in runs if run.get("unparseable")),
     }
 
 

@@ -24,7 +24,15 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from redvtp_eval.harness.job import JobError, check_family, check_limit, checkpoint_path, load_task, task_manager_for
+from redvtp_eval.harness.job import (
+    JobError,
+    check_family,
+    check_limit,
+    checkpoint_path,
+    lmms_task_of,
+    load_task,
+    task_manager_for,
+)
 from redvtp_eval.models.checkpoint import CheckpointError
 from redvtp_eval.report.report import report
 from redvtp_eval.report.sweep import grid
@@ -45,7 +53,7 @@ def missing_inputs(experiment: str, overrides: list[str]) -> list[str]:
     def check_task(cfg) -> None:
         if cfg.task.offline not in task_managers:
             task_managers[cfg.task.offline] = task_manager_for(cfg)
-        load_task(task_managers[cfg.task.offline], cfg.task.lmms_task)
+        load_task(task_managers[cfg.task.offline], lmms_task_of(cfg)[0])
 
     for model, task, _, _ in sorted(grid(sweep)):
         cfg = compose_job([f"experiment={experiment}", *overrides, f"model={model}", f"task={task}"])

@@ -121,6 +121,12 @@ def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
         "visual_tokens_before": pruned["visual_tokens_before"],
         "visual_tokens_after": pruned["visual_tokens_after"],
         "peak_memory_gib": pruned["peak_memory_gib"],
+        "unparseable": pruned.get("unparseable"),
+        "baseline_unparseable": unpruned.get("unparseable"),
+        "sub_scores": {
+            metric: (value, (unpruned.get("sub_scores") or {}).get(metric))
+            for metric, value in (pruned.get("sub_scores") or {}).items()
+        },
     }
 
 

@@ -129,6 +129,11 @@ def paper_table(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return numbers, shown.rename(columns=headers)
 
 
+def _pair(pruned, unpruned, spec: str = "") -> str:
+    shown = ["—" if value is None or pd.isna(value) else format(value, spec) for value in (pruned, unpruned)]
+    return " / ".join(shown)
+
+
 def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark and ratio: both sides' scores, the paired difference with its 95% bootstrap interval."""
     rows = []
@@ -154,6 +159,11 @@ def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
                     "Unpruned p50 s": f"{job['baseline_latency_p50_s']:.3f}",
                     "Speed-up (×)": f"{job['speedup_p50']:.2f}",
                     "Visual tokens": f"{job['visual_tokens_before']:.0f} → {job['visual_tokens_after']:.0f}",
+                    "Unparseable (pruned / unpruned)": _pair(job.get("unparseable"), job.get("baseline_unparseable")),
+                    "Sub-scores (pruned / unpruned)": "; ".join(
+                        f"{metric.split(',')[0]} {_pair(*values, '.1f')}"
+                        for metric, values in (job.get("sub_scores") or {}).items()
+                    ),
                 }
             rows.append(row)
     return pd.DataFrame(rows).fillna("")

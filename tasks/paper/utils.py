@@ -29,7 +29,9 @@ def answer_after_tag(response: str | None) -> str | None:
 
 
 def anls_after_tag(doc: dict, results: list[str]) -> dict:
-    """ANLS of the tagged answer against the document's answers (lmms-eval's own ANLS formula)."""
+    """ANLS of the tagged answer against the document's answers (lmms-eval's own ANLS formula), and whether the
+    answer had no tag (``unparsed``: 1 or 0; its mean is the share of untagged answers)."""
     answer = answer_after_tag(results[0].strip())
     gold = doc["answers"] if isinstance(doc["answers"], list) else [doc["answers"]]
-    return anls(references=gold, predictions=[answer if answer is not None else UNPARSED])
+    scores = anls(references=gold, predictions=[answer if answer is not None else UNPARSED])
+    return scores | {"unparsed": int(answer is None)}

@@ -149,3 +149,29 @@ def test_lmms_eval_cli_runs_the_adapter(tiny_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "redvtp_toy_mcq" in result.stdout
     assert list((tmp_path / "out").rglob("*_results.json"))
+
+
+def test_known_tasks_take_their_configured_settings_from_the_stock_cli():
+    from redvtp_eval.harness.lmms_adapter import known_generation, task_settings
+
+    docvqa = {"gen_length": 32, "steps": 16, "block_length": 32, "think_mode": "no_think"}
+    assert known_generation("docvqa_val", "llada_v") == docvqa
+    assert known_generation("paper_llada_v_docvqa_val", "llada_v") == docvqa
+    assert known_generation("paper_llada_v_mmbench_en_dev_static", "llada_v")["gen_length"] == 2
+    assert known_generation("paper_lavida_docvqa_val", "lavida_llada")["max_new_tokens"] == 32
+    assert known_generation("someone_elses_task", "llada_v") == {}
+    yaml_kwargs = {"max_new_tokens": 1024, "temperature": 0, "do_sample": False, "until": ["\n\n"]}
+    assert task_settings(docvqa, yaml_kwargs | {"steps": 8}) == docvqa | {"steps": 8}
+    lavida = known_generation("paper_lavida_docvqa_val", "lavida_llada")
+    assert task_settings(lavida, yaml_kwargs)["max_new_tokens"] == 32  # the YAML's 1024 is not the user's
+    assert task_settings({}, yaml_kwargs) == yaml_kwargs  # an unknown task runs as lmms-eval hands it over
+
+
+def test_pairing_is_opt_in_for_the_adapter(tiny_dir):
+    from redvtp_eval.harness.lmms_adapter import PrunedDiffusionVLM
+
+    plain = PrunedDiffusionVLM(pretrained=str(tiny_dir), dtype="float32", device="cpu", ratio=0.5)
+    paired = PrunedDiffusionVLM(
+        pretrained=str(tiny_dir), dtype="float32", device="cpu", ratio=0.5, paired_baseline=True
+    )
+    assert plain.baseline is None and paired.baseline is not None and paired.baseline.name == "none"

@@ -63,6 +63,7 @@ FORK_PROMPTS = {
 DOCS = {"docvqa_val": VQA_DOC, "infovqa_val": VQA_DOC, "ai2d": AI2D_DOC, "mme": MME_DOC}
 DOCS |= {"realworldqa": RWQA_DOC, "mmbench_en_dev": MMBENCH_DOC}
 PAPER_TASKS = [f"paper_{family}_{benchmark}" for family in ("llada_v", "lavida") for benchmark in BENCHMARKS]
+PAPER_TASKS += [f"paper_{family}_mmbench_en_dev_static" for family in ("llada_v", "lavida")]  # the judge-free route
 
 
 def paper_config(task: str) -> dict:
@@ -73,7 +74,7 @@ def paper_config(task: str) -> dict:
 
 
 def benchmark_of(task: str) -> str:
-    return next(benchmark for benchmark in BENCHMARKS if task.endswith(benchmark))
+    return next(benchmark for benchmark in BENCHMARKS if task.removesuffix("_static").endswith(benchmark))
 
 
 def prompt(config: dict, doc: dict) -> str:
@@ -130,10 +131,10 @@ def test_answer_after_tag(response, answer):
 
 def test_anls_after_tag_with_and_without_the_tag():
     utils = tag_parser()
-    assert utils.anls_after_tag(VQA_DOC, ["Reasoning. Answer: June 5, 1998"]) == {"anls": 1.0}
+    assert utils.anls_after_tag(VQA_DOC, ["Reasoning. Answer: June 5, 1998"]) == {"anls": 1.0, "unparsed": 0}
     # without the tag the fork scores the string "None", whatever the text says
-    assert utils.anls_after_tag(VQA_DOC, ["June 5, 1998"]) == {"anls": 0.0}
-    assert utils.anls_after_tag({"question": "?", "answers": "None"}, ["no tag here"]) == {"anls": 1.0}
+    assert utils.anls_after_tag(VQA_DOC, ["June 5, 1998"]) == {"anls": 0.0, "unparsed": 1}
+    assert utils.anls_after_tag({"question": "?", "answers": "None"}, ["no tag here"]) == {"anls": 1.0, "unparsed": 1}
 
 
 def realworldqa_filtered(task: str, response: str, doc: dict) -> str:
