@@ -1,7 +1,7 @@
 """Bench: the speed benchmark (``python -m redvtp_eval.bench``), random weights at the paper's sizes.
 
 Workloads (``workload.py``), interleaved runs (``runs.py``), end-to-end speed (``speed.py``), the scoring
-step against the official way (``scoring.py``), the FLOP model (``flops.py``), profiler tables
+step against the official way (``scoring.py``), the FLOP model (``engine/flops.py``), profiler tables
 (``profile.py``) and the Markdown report (``report.py``).
 
 Where it sits: on top, a user of the models, pruners, engine and harness (its timing is the harness's

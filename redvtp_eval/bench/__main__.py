@@ -26,12 +26,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from redvtp_eval.bench.flops import denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.bench.profile import operator_tables
 from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
+from redvtp_eval.engine.flops import denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
 from redvtp_eval.pruners import make_pruner

@@ -17,9 +17,9 @@ from functools import partial
 
 import torch
 
-from redvtp_eval.bench.flops import denoising_step_flops, generation_flops
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
+from redvtp_eval.engine.flops import denoising_step_flops, generation_flops
 from redvtp_eval.engine.sampler import generate
 from redvtp_eval.harness.measurement import generation_fields, measure
 from redvtp_eval.harness.summary import distribution, side
@@ -32,7 +32,7 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
     model = workload.model
     generator = torch.Generator(model.device).manual_seed(seed)
     run = measure(model.device, lambda: generate(model, workload.prompt(), workload.settings, pruner, generator))
-    fields = generation_fields(run, workload.settings)
+    fields = generation_fields(run, workload.settings, model.config)
     del fields["prediction"]
     steps = run.value.record.step_seconds
     scoring = pruner.prune_after_step

@@ -181,7 +181,7 @@ class GenerationRecord:
     prefix cache the response rows against the cached prompt and the response."""
     forwards: list[ForwardShape] = field(default_factory=list)
     """Every forward of the language model, layer by layer (what :func:`effective_visual_tokens` and the FLOP
-    model of :mod:`redvtp_eval.bench.flops` read)."""
+    model of :mod:`redvtp_eval.engine.flops` read)."""
     crops: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     pruned_after_step: int | None = None

@@ -170,7 +170,7 @@ class PrunedDiffusionVLM(lmms):
             self.device,
             lambda: generate(self.model, self.model.prepare(context, images, think_mode), settings, pruner, generator),
         )
-        return generation_fields(run, settings)
+        return generation_fields(run, settings, self.model.config)
 
     def _sample(self, request: Instance, position: int, warm: bool) -> dict:
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args

@@ -14,7 +14,9 @@ from typing import Generic, TypeVar
 
 import torch
 
+from redvtp_eval.engine.flops import recorded_flops
 from redvtp_eval.engine.sampler import Generation, GenerationSettings
+from redvtp_eval.models.llada_v import LladaVConfig
 from redvtp_eval.models.timing import Timer
 
 T = TypeVar("T")
@@ -41,9 +43,12 @@ def measure(device: torch.device | str, call: Callable[[], T]) -> Measured[T]:
     return Measured(value, timer.seconds["call"], peak)
 
 
-def generation_fields(run: Measured[Generation], settings: GenerationSettings) -> dict:
-    """The fields of one end-to-end generation (prompt construction + vision encoder + denoising) in ``run``."""
+def generation_fields(run: Measured[Generation], settings: GenerationSettings, config: LladaVConfig) -> dict:
+    """The fields of one end-to-end generation (prompt construction + vision encoder + denoising) in ``run``,
+    with its cost by the analytic FLOP model of the model ``config``: the visual tokens every layer of every
+    forward saw on average (``effective_visual_tokens``, what a matched-cost comparison matches) and FLOPs."""
     record = run.value.record
+    flops = recorded_flops(config, record)
     return {
         "prediction": run.value.text,
         "latency_s": run.seconds,
@@ -59,5 +64,7 @@ def generation_fields(run: Measured[Generation], settings: GenerationSettings) -
         "prompt_tokens": record.prompt_tokens,
         "visual_tokens_before": record.visual_tokens_before,
         "visual_tokens_after": record.visual_tokens_after,
+        "effective_visual_tokens": flops.pop("effective_visual_tokens"),
+        "flops": flops,
         "peak_memory_gib": run.peak_memory_gib,
     }

@@ -38,6 +38,8 @@ def side(runs: list[dict], score: float | None) -> dict:
         "tokens_per_s_answer": sum(run["answer_tokens"] for run in runs) / latency if latency else None,
         "visual_tokens_before": statistics.fmean(run["visual_tokens_before"] for run in runs) if runs else None,
         "visual_tokens_after": statistics.fmean(run["visual_tokens_after"] for run in runs) if runs else None,
+        "effective_visual_tokens": statistics.fmean(run["effective_visual_tokens"] for run in runs) if runs else None,
+        "flops": statistics.fmean(run["flops"]["total"] for run in runs) if runs else None,
         "steps": statistics.fmean(run["steps"] for run in runs) if runs else None,
         "peak_memory_gib": max(peaks, default=None),
         "unparseable": sum(1 for run in runs if run.get("unparseable")),

@@ -15,7 +15,10 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from redvtp_eval.bench.__main__ import CONFIG_DIR, run_bench
-from redvtp_eval.bench.flops import (
+from redvtp_eval.bench.report import device_directory
+from redvtp_eval.bench.runs import alternate
+from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
+from redvtp_eval.engine.flops import (
     denoising_step_flops,
     generation_flops,
     prefill_flops,
@@ -23,9 +26,6 @@ from redvtp_eval.bench.flops import (
     step_flops,
     vision_flops,
 )
-from redvtp_eval.bench.report import device_directory
-from redvtp_eval.bench.runs import alternate
-from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
 from redvtp_eval.models.lavida import Lavida
 from redvtp_eval.models.llada_v import LladaVConfig, build_network
 from redvtp_eval.models.make_tiny import TINY as TINY_FAMILIES

@@ -45,7 +45,13 @@ def test_default_job_writes_its_directory_then_is_skipped(tmp_path):
     assert [s["doc_id"] for s in samples] == [0, 1]
     assert all(s["target"] and s["score"] is not None and s["baseline"]["score"] is not None for s in samples)
     assert all(s["visual_tokens_before"] == 444 and s["visual_tokens_after"] == 222 for s in samples)
+    for s in samples:  # the cost of each side by the one FLOP model: pruning after step 1 saves LM work only
+        assert s["baseline"]["effective_visual_tokens"] == 444 and 222 < s["effective_visual_tokens"] < 444
+        assert s["flops"]["vision"] == s["baseline"]["flops"]["vision"] > 0
+        assert s["flops"]["language_model"] < s["baseline"]["flops"]["language_model"]
+        assert s["flops"]["total"] == s["flops"]["vision"] + s["flops"]["language_model"]
     metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["pruned"]["flops"] == sum(s["flops"]["total"] for s in samples) / 2
     assert metrics["samples"] == 2 and metrics["failed"] == 0
     assert metrics["pruned"]["latency_s"]["raw"] == [s["latency_s"] for s in samples]
     assert metrics["unpruned"]["latency_s"]["raw"] == [s["baseline"]["latency_s"] for s in samples]

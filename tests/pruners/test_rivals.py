@@ -255,7 +255,7 @@ def test_the_analytic_flop_model_equals_torch_flop_counter(deep_eager, prompt, n
     LM head is counted at the checkpoint's vocabulary after the tokenizer cut (what the network holds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from redvtp_eval.bench.flops import forward_flops
+    from redvtp_eval.engine.flops import forward_flops
 
     settings = GenerationSettings(8, 1, 8, stop_strings=())
     with FlopCounterMode(display=False) as counter:
