@@ -557,6 +557,11 @@ def _generate(
     cache = None
     replay: dict[int, list[Tensor]] = {}
     """Drops inside the LM that every later forward repeats (``in_lm_persist="layers"``, uncached)."""
+    if settings.prefix_cache and pruner.merges_between_steps:
+        raise ValueError(
+            f"pruner {pruner.name!r} merges visual tokens between steps, which the prefix cache cannot follow (its "
+            "keys/values were computed from the unmerged prompt); run it with prefix_lm off"
+        )
     if settings.prefix_cache:
         with timer("prefill"):
             cache, last_logits = model.prefill(sequence.embeds, sequence.positions[: sequence.prompt_length])
@@ -588,7 +593,7 @@ def _generate(
             if not masked[lo:hi].any():
                 break
             record.steps += 1
-            prune_now = pruner.acts_after(record.steps)
+            prune_now = pruner.acts_after(record.steps, settings.steps)
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
                 rows = (
@@ -664,6 +669,8 @@ def _generate(
                     embeds=sequence.embeds,
                     region=region,
                     original_index=list(sequence.original_index),
+                    original_sizes=sizes,
+                    total_steps=settings.steps,
                 )
                 if pruner.record_scores:
                     scores = pruner.scores(context)

@@ -200,7 +200,8 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
     }
     if cfg.pruner.name != "none":
         args["ratio"] = cfg.ratio
-    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag")}
+    # A null option is the pruner's default: left out, since lmms-eval would pass it on as the string "None".
+    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag") and value is not None}
     return ",".join(f"{key}={value}" for key, value in args.items())
 
 

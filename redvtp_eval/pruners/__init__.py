@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 
 from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
+from redvtp_eval.pruners.d3tom import D3ToM
 from redvtp_eval.pruners.dart import Dart
 from redvtp_eval.pruners.divprune import DivPrune
 from redvtp_eval.pruners.fastv import FastV, LladaFastV
@@ -35,6 +36,7 @@ PRUNERS: dict[str, type[Pruner]] = {
     "llada_fastv": LladaFastV,
     "pdrop": PDrop,
     "dart": Dart,
+    "d3tom": D3ToM,
 }
 
 

@@ -70,6 +70,10 @@ class PruneContext:
     """Per image, a boolean mask over its *original* tokens of those that show the answer (toy tasks only)."""
     original_index: list[Tensor] | None = None
     """Per image, the original index of each current visual token."""
+    original_sizes: list[int] | None = None
+    """Per image, its visual token count N as the prompt was built (before any stage pruned)."""
+    total_steps: int | None = None
+    """Denoising steps the generation plans (``GenerationSettings.steps``); fewer run when it ends early."""
 
     def split_by_image(self, values: Tensor) -> list[Tensor]:
         return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
@@ -192,6 +196,8 @@ class Pruner:
 
     name = "none"
     needs_attention = False
+    merges_between_steps = False
+    """:meth:`select` writes merged values into kept tokens, which the prefix cache cannot follow: refused there."""
     needs_region = False
     """The pruner needs each sample's answer region (oracles): the job refuses tasks without one."""
 
@@ -210,8 +216,9 @@ class Pruner:
         """Between steps: per image, the sorted indices (within its span) of the tokens to keep; None keeps all."""
         return None
 
-    def acts_after(self, step: int) -> bool:
-        """Whether :meth:`select` is called after denoising step ``step`` (progressive pruners override it)."""
+    def acts_after(self, step: int, total_steps: int | None = None) -> bool:
+        """Whether :meth:`select` is called after denoising step ``step`` of the ``total_steps`` the generation
+        plans (progressive pruners override it)."""
         return step == self.prune_after_step
 
     # Stage 1: before the language model.

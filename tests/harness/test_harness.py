@@ -97,6 +97,18 @@ def test_a_sweep_over_two_ratios(tmp_path):
     assert kept == {1.0: 444, 0.25: 111}
 
 
+def test_a_d3tom_job_merges_after_each_step_through_the_cli(tmp_path):
+    """``pruner=d3tom ratio=0.25`` on the toy model, 4 planned steps: after step k of the window 1..3 a page of 444
+    keeps int(444·0.25^(k/3)) (279, 176, then 111); a sample whose stop string ends it early merges less."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", "pruner=d3tom", "ratio=0.25", "limit=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sample,) = lines(job / "samples.jsonl")
+    assert sample["failed"] is None and sample["visual_tokens_before"] == 444
+    assert sample["visual_tokens_after"] == [444, 279, 176, 111][min(sample["steps"], 3)]
+    assert "d3tom-r0.25" in result.stdout and "444 -> " in result.stdout
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

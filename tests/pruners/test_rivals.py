@@ -15,7 +15,8 @@ from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.models.llada_v import load_llada_v
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.pruners import make_pruner
-from redvtp_eval.pruners.base import kept_count
+from redvtp_eval.pruners.base import PruneContext, kept_count
+from redvtp_eval.pruners.d3tom import scheduled_count
 from redvtp_eval.pruners.dart import dart_keep
 from redvtp_eval.pruners.divprune import max_min_diverse
 
@@ -60,6 +61,7 @@ KEEP_ALL = [
     ("llada_fastv", {"ratio": 1.0}),
     ("pdrop", {"ratio": 1.0}),
     ("dart", {"ratio": 1.0}),
+    ("d3tom", {"ratio": 1.0}),
 ]
 
 
@@ -271,3 +273,160 @@ def replace_vocab(model):
     text = PretrainedConfig(**{**model.config.text.to_dict(), "vocab_size": model.network.lm_head.weight.shape[0]})
     text.head_dim = model.config.text.head_dim
     return text
+
+
+class CaptureSelect:
+    """Wraps a pruner's between-steps stage to keep what it saw and returned, step by step."""
+
+    def __init__(self, pruner):
+        self.seen = []
+        original = pruner.select
+
+        def select(context):
+            reduction = original(context)
+            self.seen.append((context, reduction))
+            return reduction
+
+        pruner.select = select
+
+
+def recorded_forwards(model, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every step forward's (input embeddings, positions), as the sampler passed them to the model."""
+    forwards, original = [], model.logits
+
+    def logits(embeds, positions, *args, **kwargs):
+        forwards.append((embeds.clone(), positions.clone()))
+        return original(embeds, positions, *args, **kwargs)
+
+    monkeypatch.setattr(model, "logits", logits)
+    return forwards
+
+
+def naive_group_means(embeds: torch.Tensor, kept: list[int]) -> torch.Tensor:
+    """Each kept token's plain mean with the other tokens whose most cosine-similar kept token it is."""
+    groups = {k: [embeds[k]] for k in kept}
+    for j in range(len(embeds)):
+        if j not in groups:
+            similarity = [float(F.cosine_similarity(embeds[j], embeds[k], dim=0)) for k in kept]
+            groups[kept[similarity.index(max(similarity))]].append(embeds[j])
+    return torch.stack([torch.stack(groups[k]).mean(dim=0) for k in kept])
+
+
+D3TOM_SETTINGS = GenerationSettings(8, 4, 8, stop_strings=())
+
+
+def test_d3tom_scores_equal_a_naive_eager_reference_at_every_step(deep, deep_eager, prompt, monkeypatch):
+    """Step by step, the forward the sampler ran (merged embeddings, renumbered positions) is rerun on eager
+    attention, and the score is the attention from the rows that step decoded, looped over layers, heads, rows."""
+    pruner = make_pruner("d3tom", ratio=0.25)
+    capture = CaptureSelect(pruner)
+    forwards = recorded_forwards(deep, monkeypatch)
+    generate(deep, prompt, D3TOM_SETTINGS, pruner)
+    assert [context.step for context, _ in capture.seen] == [1, 2, 3]
+    for context, _ in capture.seen:
+        embeds, positions = forwards[context.step - 1]
+        maps = []
+        hooks = [
+            layer.self_attn.register_forward_hook(lambda module, args, output: maps.append(output[1][0]))
+            for layer in deep_eager.network.model.layers
+        ]
+        with torch.no_grad():
+            deep_eager.logits(embeds, positions, context.response)
+        for hook in hooks:
+            hook.remove()
+        ((start, end),) = context.visual_spans
+        naive = torch.zeros(end - start)
+        rows = context.decoded.tolist()
+        assert rows
+        for attention in maps:
+            for h in range(attention.shape[0]):
+                for i in rows:
+                    naive += attention[h, i, start:end]
+        naive /= len(maps) * maps[0].shape[0] * len(rows)
+        torch.testing.assert_close(pruner.scores(context)[0], naive, atol=1e-5, rtol=0)
+
+
+def test_d3tom_kept_counts_follow_the_schedule(deep, prompt):
+    n = prompt.visual_tokens
+    record = generate(deep, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=0.25)).record
+    # Window: after steps 1..3 of 4 (S = 3); n_k = max(int(N·r), int(N·r^(k/3))).
+    expected = [n] + [max(int(n * 0.25), int(n * 0.25 ** (k / 3))) for k in (1, 2, 3)]
+    assert [forward.layers[0][2] for forward in record.forwards] == expected[:4]
+    assert record.visual_tokens_after == expected[3] == kept_count(n, 0.25)
+    assert record.pruned_at == ["after_step1", "after_step2", "after_step3"]
+    window = generate(deep, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=0.5, prune_after_step=2, merge_steps=1))
+    assert [forward.layers[0][2] for forward in window.record.forwards] == [
+        n,
+        n,
+        kept_count(n, 0.5),
+        kept_count(n, 0.5),
+    ]
+    assert window.record.pruned_at == ["after_step2"]
+    two = deep.prepare("Compare.", [page(), page(color="gray")], "no_think")
+    sizes = [end - start for start, end in two.visual_spans]
+    record = generate(deep, two, D3TOM_SETTINGS, make_pruner("d3tom", ratio=0.25)).record
+    assert [len(kept) for kept in record.kept_visual] == [kept_count(size, 0.25) for size in sizes]
+
+
+def test_d3tom_merges_each_group_into_its_kept_token_as_a_plain_mean(deep, prompt):
+    pruner = make_pruner("d3tom", ratio=0.25, keep_positions=True)
+    capture = CaptureSelect(pruner)
+    generate(deep, prompt, D3TOM_SETTINGS, pruner)
+    for (context, reduction), (after, _) in zip(capture.seen, capture.seen[1:] + [(None, None)]):
+        ((start, end),) = context.visual_spans
+        kept = reduction.kept[0].tolist()
+        expected = naive_group_means(context.embeds[start:end], kept)
+        torch.testing.assert_close(reduction.values[0], expected, atol=1e-6, rtol=0)
+        if after is not None:  # the next step's forward ran on the merged values, at the kept tokens' places
+            ((start, end),) = after.visual_spans
+            torch.testing.assert_close(after.embeds[start:end], expected, atol=1e-6, rtol=0)
+            assert after.original_index[0].tolist() == context.original_index[0][kept].tolist()
+
+
+def test_d3tom_skips_a_step_that_decoded_nothing_and_catches_up(deep):
+    """A synthetic context: two images of 10 and 6 tokens in a 22-token prompt, a 4-step plan."""
+    torch.manual_seed(2)
+    embeds, spans = torch.randn(22, 8), [(2, 12), (14, 20)]
+    columns = torch.rand(3, 16)
+    response = torch.arange(22, 25)
+
+    def context(step, decoded):
+        return PruneContext(
+            step=step,
+            visual_spans=spans,
+            masked=response[len(decoded) :],
+            decoded=decoded,
+            response=response,
+            prompt_text=torch.tensor([0, 1, 12, 13, 20, 21]),
+            attention=lambda queries: columns[queries - 22],
+            embeds=embeds,
+            original_sizes=[10, 6],
+            total_steps=4,
+        )
+
+    pruner = make_pruner("d3tom", ratio=0.25)
+    assert [pruner.acts_after(step, 4) for step in (1, 2, 3, 4)] == [True, True, True, False]
+    assert pruner.select(context(2, torch.zeros(0, dtype=torch.long))) is None
+    reduction = pruner.select(context(2, response[:2]))
+    counts = [scheduled_count(10, 0.25, 2, 3), scheduled_count(6, 0.25, 2, 3)]
+    assert [len(kept) for kept in reduction.kept] == counts == [3, 2]
+    for (start, end), kept, values, score in zip(
+        spans, reduction.kept, reduction.values, columns[:2].mean(0).split([10, 6])
+    ):
+        assert kept.tolist() == sorted(torch.topk(score, len(kept)).indices.tolist())
+        torch.testing.assert_close(values, naive_group_means(embeds[start:end], kept.tolist()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["lavida_llada", "lavida_dream"])
+def test_d3tom_on_lavida_merges_uncached_and_refuses_the_prefix_cache(lavida_models, family):
+    model = lavida_models[family][0]
+    prompt = model.prepare("What is the total?", [page((384, 192))])
+    n = prompt.visual_tokens
+    unpruned = generate(model, prompt, D3TOM_SETTINGS)
+    assert generate(model, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=1.0)).token_ids == unpruned.token_ids
+    record = generate(model, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=0.25)).record
+    assert [forward.layers[0][2] for forward in record.forwards] == [n] + [
+        max(int(n * 0.25), int(n * 0.25 ** (k / 3))) for k in (1, 2, 3)
+    ]
+    with pytest.raises(ValueError, match="merges visual tokens between steps.*run it with prefix_lm off"):
+        generate(model, prompt, replace(D3TOM_SETTINGS, prefix_cache=True), make_pruner("d3tom", ratio=0.25))
