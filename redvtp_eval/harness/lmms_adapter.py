@@ -96,7 +96,13 @@ class PrunedDiffusionVLM(lmms):
         generator = torch.Generator(self.device).manual_seed(seed)
         run = measure(
             self.device,
-            lambda: generate(self.model, self.model.prepare(context, images, think_mode), settings, pruner, generator),
+            lambda: generate(
+                self.model,
+                self.model.prepare(context, images, think_mode, tower_layer=pruner.tower_attention_layer()),
+                settings,
+                pruner,
+                generator,
+            ),
         )
         return generation_fields(run, settings)
 
