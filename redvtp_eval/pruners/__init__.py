@@ -22,6 +22,7 @@ from redvtp_eval.pruners.pdrop import PDrop
 from redvtp_eval.pruners.pooling import Pooling
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
+from redvtp_eval.pruners.sparsevlm import SparseVLM
 from redvtp_eval.pruners.visionzip import VisionZip
 
 PRUNERS: dict[str, type[Pruner]] = {
@@ -37,6 +38,7 @@ PRUNERS: dict[str, type[Pruner]] = {
     "pdrop": PDrop,
     "dart": Dart,
     "visionzip": VisionZip,
+    "sparsevlm": SparseVLM,
 }
 
 
