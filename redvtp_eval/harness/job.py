@@ -163,7 +163,8 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
     }
     if cfg.pruner.name != "none":
         args["ratio"] = cfg.ratio
-    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag")}
+    # A null option is left out (the pruner's default applies): lmms-eval would pass it on as the string "None".
+    args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag") and value is not None}
     return ",".join(f"{key}={value}" for key, value in args.items())
 
 

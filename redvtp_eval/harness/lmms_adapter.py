@@ -24,6 +24,7 @@ official wrappers.
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import torch
@@ -42,6 +43,21 @@ from redvtp_eval.pruners import Pruner, make_pruner
 
 SAMPLE_ERRORS = (UnidentifiedImageError, DecompressionBombError, OSError, PromptTooLongError, ImageTagError)
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
+
+
+def pruner_option(value):
+    """A pruner option as lmms-eval's argument string delivers it: numbers and booleans come parsed; a list
+    (``layers=[8, 16, 24]``) and ``None``/``null`` come as text and are read here."""
+    if not isinstance(value, str):
+        return value
+    if value in ("None", "null"):
+        return None
+    if value.startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"pruner option {value!r} is not a list of numbers such as [8, 16, 24]") from None
+    return value
 
 
 class PrunedDiffusionVLM(lmms):
@@ -69,7 +85,7 @@ class PrunedDiffusionVLM(lmms):
         if int(batch_size) != 1:
             raise ValueError(f"the diffusion sampler runs batch size 1, got batch_size={batch_size}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.pruner = make_pruner(pruner, **pruner_options)
+        self.pruner = make_pruner(pruner, **{key: pruner_option(value) for key, value in pruner_options.items()})
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
         self.family = model_family(family)
         self.model = self.family.load(
