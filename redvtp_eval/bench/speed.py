@@ -31,7 +31,10 @@ STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
     model = workload.model
     generator = torch.Generator(model.device).manual_seed(seed)
-    run = measure(model.device, lambda: generate(model, workload.prompt(), workload.settings, pruner, generator))
+    tower_layer = pruner.tower_attention_layer()
+    run = measure(
+        model.device, lambda: generate(model, workload.prompt(tower_layer), workload.settings, pruner, generator)
+    )
     fields = generation_fields(run, workload.settings, model.config)
     del fields["prediction"]
     steps = run.value.record.step_seconds

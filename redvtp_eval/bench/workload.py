@@ -77,9 +77,10 @@ class Workload:
     crops: int
     """Crops the vision encoder runs on (AnyRes base view + tiles)."""
 
-    def prompt(self) -> Prompt:
-        """Preprocessing, vision encoder and splice, timed inside as in the evaluation."""
-        return self.model.prepare_ids(self.ids, [self.image])
+    def prompt(self, tower_layer: int | None = None) -> Prompt:
+        """Preprocessing, vision encoder and splice, timed inside as in the evaluation (``tower_layer``: the
+        vision-tower attention a pruner asks for, ``Pruner.tower_attention_layer()``)."""
+        return self.model.prepare_ids(self.ids, [self.image], tower_layer)
 
 
 def make_workload(model: LladaV, shape: dict, settings: GenerationSettings, seed: int) -> Workload:

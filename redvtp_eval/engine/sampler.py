@@ -328,6 +328,7 @@ class _LayerHook:
         probe: AttentionProbe | None,
         acting: tuple[int, ...],
         replay: dict[int, list[Tensor]],
+        merges: dict[int, list[tuple[Tensor, Tensor] | None]] | None = None,
     ) -> None:
         self.pruner, self.step, self.cache, self.global_probe = pruner, step, cache, probe
         self.spans = list(sequence.spans)
@@ -337,11 +338,14 @@ class _LayerHook:
         self.masked = masked
         self.acting = set(acting) if self.spans else set()
         self.replay = replay
+        self.merges = merges or {}
         if probe is not None and (self.acting or self.replay):
             raise ValueError("a between-steps attention probe and drops inside the LM in one forward are not supported")
         self.probes: dict[int, AttentionProbe] = {}
         self.kept_after: dict[int, list[Tensor]] = {}
         """Per layer count K where the pruner's stage dropped (not replayed), the original indices kept per image."""
+        self.merges_after: dict[int, list[tuple[Tensor, Tensor] | None]] = {}
+        """Per such K, per image, the averages it wrote (:attr:`Reduction.sources`) in original indices, or None."""
         self.prompt_masks: list[tuple[int, Tensor]] = []
         """(K, boolean mask over the prompt as it stood) of every drop, in order."""
         self.layers: list[tuple[int, int, int]] = []
@@ -391,13 +395,35 @@ class _LayerHook:
             current = [
                 torch.isin(now, kept).nonzero().squeeze(1) for now, kept in zip(self.original, self.replay[count])
             ]
-            reduction = Reduction(current)
+            reduction = Reduction(current, self._replayed_values(count, current, hidden))
         else:
             return None
         reduction = _check_reduction(reduction, self.spans, f"{self.pruner.name} after layer {count}")
         if reduction is None:
             return None
         return self._drop(count, reduction, hidden)
+
+    def _replayed_values(self, count: int, kept: list[Tensor], hidden: Tensor) -> list[Tensor | None] | None:
+        """The averages the acting forward wrote after layer ``count``, redone on this forward's hidden states."""
+        merges = self.merges.get(count)
+        if merges is None:
+            return None
+        values: list[Tensor | None] = []
+        for (start, end), now, indices, merge in zip(self.spans, self.original, kept, merges):
+            if merge is None:
+                values.append(None)
+                continue
+            members, into = merge
+            current_of = torch.full((int(now.max()) + 1,), -1, dtype=torch.long, device=now.device)
+            current_of[now] = torch.arange(len(now), device=now.device)
+            slot_of = torch.full((end - start,), -1, dtype=torch.long, device=now.device)
+            slot_of[indices] = torch.arange(len(indices), device=now.device)
+            slots = slot_of[current_of[into]]
+            sums = torch.zeros(len(indices), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+            sums.index_add_(0, slots, hidden[start + current_of[members]].float())
+            counts = torch.bincount(slots, minlength=len(indices)).clamp(min=1)
+            values.append(sums / counts[:, None])
+        return values
 
     def _drop(self, count: int, reduction: Reduction, hidden: Tensor) -> tuple[Tensor, Tensor] | None:
         device = hidden.device
@@ -411,6 +437,12 @@ class _LayerHook:
             for (start, _), indices, values in zip(self.spans, reduction.kept, reduction.values):
                 if values is not None:
                     hidden[start + indices] = values.to(hidden.dtype)
+        if count in self.acting and reduction.sources is not None and reduction.values is not None:
+            merged = []
+            for now, indices, sources in zip(self.original, reduction.kept, reduction.sources):
+                averaged = (sources >= 0).nonzero().squeeze(1) if sources is not None else None
+                merged.append((now[averaged], now[indices[sources[averaged]]]) if averaged is not None else None)
+            self.merges_after[count] = merged
         self.original = [now[indices] for now, indices in zip(self.original, reduction.kept)]
         self.spans = _shrunk_spans(self.spans, reduction.kept)
         self.prompt_length = int(prompt_keep.sum())
@@ -538,6 +570,11 @@ def _generate(
         record.visual_tokens_after = sum(len(index) for index in sequence.original_index)
 
     # Stage 1: before the language model, on the projected visual features (and the prompt's text embeddings).
+    if pruner.needs_tower_attention and sequence.spans and prompt.tower_attention is None:
+        raise ValueError(
+            f"pruner {pruner.name!r} reads the vision tower's attention, which this prompt lacks: prepare it with "
+            "model.prepare(..., tower_layer=pruner.tower_attention_layer())"
+        )
     if sequence.spans:
         with timer("prune"):
             visual = VisualInput(
@@ -546,6 +583,7 @@ def _generate(
                 grids=list(prompt.visual_grids),
                 region=region,
                 generator=generator,
+                tower_attention=prompt.tower_attention if pruner.needs_tower_attention else None,
             )
             reduction = _check_reduction(as_reduction(pruner.before_lm(visual)), sequence.spans, pruner.name)
             if reduction is not None:
@@ -562,6 +600,9 @@ def _generate(
             f"pruner {pruner.name!r} merges visual tokens between steps, which the prefix cache cannot follow (its "
             "keys/values were computed from the unmerged prompt); run it with prefix_lm off"
         )
+    merges: dict[int, list[tuple[Tensor, Tensor] | None]] = {}
+    """The averages those drops wrote (``Reduction.sources``), which the replays redo: per layer count, per image,
+    (original index of each averaged token, original index of the kept token it went into)."""
     if settings.prefix_cache:
         with timer("prefill"):
             cache, last_logits = model.prefill(sequence.embeds, sequence.positions[: sequence.prompt_length])
@@ -601,7 +642,9 @@ def _generate(
                 )
                 probe = AttentionProbe(rows, sequence.visual())
             acting = lm_layers if record.steps == pruner.in_lm_step else ()
-            hook = _LayerHook(pruner, record.steps, sequence, masked.nonzero().squeeze(1), cache, probe, acting, replay)
+            hook = _LayerHook(
+                pruner, record.steps, sequence, masked.nonzero().squeeze(1), cache, probe, acting, replay, merges
+            )
 
             # Stage 2 runs inside this forward, through the hook.
             with timer("step"):
@@ -636,6 +679,7 @@ def _generate(
                     if pruner.in_lm_persist == "layers":
                         if cache is None:
                             replay.update(hook.kept_after)
+                            merges.update(hook.merges_after)
                         record.kept_visual = [index.tolist() for index in hook.kept_after[last]]
                         record.visual_tokens_after = sum(len(index) for index in hook.kept_after[last])
                         record.pruned_at.append(

@@ -34,6 +34,7 @@ removed from the ``prediction`` that lmms-eval scores.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable
 from functools import cache
@@ -116,6 +117,21 @@ def storable(fields: dict) -> dict:
     )
 
 
+def pruner_option(value):
+    """A pruner option as lmms-eval's argument string delivers it: numbers and booleans come parsed; a list
+    (``layers=[8, 16, 24]``) and ``None``/``null`` come as text and are read here."""
+    if not isinstance(value, str):
+        return value
+    if value in ("None", "null"):
+        return None
+    if value.startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"pruner option {value!r} is not a list of numbers such as [8, 16, 24]") from None
+    return value
+
+
 class PrunedDiffusionVLM(lmms):
     """A diffusion VLM of any registered family with a pruner, driven by lmms-eval; batch size 1 (the sampler's)."""
 
@@ -141,7 +157,7 @@ class PrunedDiffusionVLM(lmms):
         if int(batch_size) != 1:
             raise ValueError(f"the diffusion sampler runs batch size 1, got batch_size={batch_size}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.pruner = make_pruner(pruner, **pruner_options)
+        self.pruner = make_pruner(pruner, **{key: pruner_option(value) for key, value in pruner_options.items()})
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
         self.family, self.family_name = model_family(family), family
         self.model = self.family.load(
@@ -168,7 +184,13 @@ class PrunedDiffusionVLM(lmms):
         generator = torch.Generator(self.device).manual_seed(seed)
         run = measure(
             self.device,
-            lambda: generate(self.model, self.model.prepare(context, images, think_mode), settings, pruner, generator),
+            lambda: generate(
+                self.model,
+                self.model.prepare(context, images, think_mode, tower_layer=pruner.tower_attention_layer()),
+                settings,
+                pruner,
+                generator,
+            ),
         )
         return generation_fields(run, settings, self.model.config)
 

@@ -31,6 +31,9 @@ class Prompt:
     (AnyRes: the base view, then the tile map whose rows end in ``image_newline``); empty: not known."""
     crops: int = 0
     """Crops the vision encoder ran on (for the FLOP count)."""
+    tower_attention: list[Tensor] | None = None
+    """Per image, (N,) float32 attention each visual token received in the vision tower, aligned with its span;
+    only when ``prepare`` was asked for it (``tower_layer``), None otherwise."""
 
     @property
     def visual_tokens(self) -> int:
@@ -63,7 +66,9 @@ class DiffusionVLM(Protocol):
     num_layers: int
     """Decoder layers of the language model (where a pruner inside it may act)."""
 
-    def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt: ...
+    def prepare(
+        self, question: str, images: list[Image.Image], think_mode: str | None = None, tower_layer: int | None = None
+    ) -> Prompt: ...
 
     def embed(self, token_ids: Tensor) -> Tensor: ...
 

@@ -183,8 +183,34 @@ class SiglipTower(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """(crops, 3, S, S) → (crops, patches, C): the last kept layer's output, before ``post_layernorm``."""
+        return self.encode(pixel_values)[0]
+
+    def encode(self, pixel_values: Tensor, attention_layer: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward`, and with ``attention_layer`` (0-based, negative from the end) the (crops, patches)
+        float32 attention each patch receives at that layer, averaged over heads and query patches.
+
+        The tower's attention is eager (softmax probabilities are materialised anyway), so this only averages the
+        chosen layer's map on its way out: one (heads · patches) mean per patch, no extra forward."""
         siglip = self.vision_tower["vision_model"]
-        return siglip.encoder(inputs_embeds=siglip.embeddings(pixel_values)).last_hidden_state
+        received: list[Tensor] = []
+        handle = None
+        if attention_layer is not None:
+            layers = siglip.encoder.layers
+            if not -len(layers) <= attention_layer < len(layers):
+                raise ValueError(f"tower layer {attention_layer} is out of range: the tower holds {len(layers)} layers")
+
+            def record(module, args, output) -> None:
+                if output[1] is None:
+                    raise RuntimeError("the vision tower returned no attention map: its attention must be eager")
+                received.append(output[1].mean(dim=(1, 2), dtype=torch.float32))
+
+            handle = layers[attention_layer].self_attn.register_forward_hook(record)
+        try:
+            features = siglip.encoder(inputs_embeds=siglip.embeddings(pixel_values)).last_hidden_state
+        finally:
+            if handle is not None:
+                handle.remove()
+        return features, (received[0] if received else None)
 
 
 TEXT_STACKS = {
@@ -224,6 +250,11 @@ class LladaVNetwork(nn.Module):
 
     def encode_crops(self, pixel_values: Tensor) -> Tensor:
         return self.model.mm_projector(self.model.vision_tower(pixel_values))
+
+    def encode_crops_with_attention(self, pixel_values: Tensor, tower_layer: int) -> tuple[Tensor, Tensor]:
+        """:meth:`encode_crops`, and the (crops, patches) attention each patch received at that tower layer."""
+        features, received = self.model.vision_tower.encode(pixel_values, tower_layer)
+        return self.model.mm_projector(features), received
 
     def hidden_states(
         self, embeds: Tensor, position_ids: Tensor, probe: AttentionProbe | None, cache: PrefixCache | None = None
@@ -368,14 +399,25 @@ class LladaV:
         pixels = self.image_processor(crops, return_tensors="pt")["pixel_values"]
         return pixels.to(device=self.device, dtype=self.dtype), layout
 
-    def visual_blocks(self, features: Tensor, layout: CropLayout) -> list[Tensor]:
-        """Projected crop features (crops, patches, d) → one (N, d) block of visual tokens per image."""
+    def visual_blocks(self, features: Tensor, layout: CropLayout, newline: Tensor | None = None) -> list[Tensor]:
+        """Projected crop features (crops, patches, d) → one (N, d) block of visual tokens per image; ``newline``
+        replaces the ``image_newline`` vector (default: the network's)."""
         if layout.grid is None:
             return list(features)
         if self.config.crop_pool_stride:
             features = anyres.bilinear_pool(features, self.config.crop_pool_stride)
-        newline = self.network.model.image_newline
+        newline = self.network.model.image_newline if newline is None else newline
         return [anyres.pack_anyres_features(features, layout.size, layout.grid, newline, self.max_crops)]
+
+    def visual_scores(self, received: Tensor, layout: CropLayout) -> list[Tensor]:
+        """Per-patch tower scores (crops, patches) → per image, (N,) float32 scores aligned with its visual tokens.
+
+        The scores travel the features' own path as a one-channel feature map: the same per-crop bilinear
+        pooling (LaViDa), un-padding, ``anyres_max`` shrinking and row layout, so a token that is a weighted
+        average of patches gets the same weighted average of their scores; ``image_newline`` tokens get 0
+        (they are no patch and receive no tower attention)."""
+        zero = torch.zeros(1, dtype=torch.float32, device=received.device)
+        return [block[:, 0] for block in self.visual_blocks(received.float()[..., None], layout, newline=zero)]
 
     def visual_grids(self, blocks: list[Tensor], layout: CropLayout) -> list[list[tuple[int, int, int, int]]]:
         """Per image, (first token, rows, columns, row stride) of each 2-D grid in its block of visual tokens."""
@@ -408,23 +450,43 @@ class LladaV:
             raise PromptTooLongError(f"prompt has {len(embeds)} tokens, the model's limit is {limit}")
         return embeds, spans
 
-    def prepare(self, question: str, images: list[Image.Image], think_mode: str | None = None) -> Prompt:
-        return self.prepare_ids(self.prompt_ids(question, len(images), think_mode), images)
+    def prepare(
+        self,
+        question: str,
+        images: list[Image.Image],
+        think_mode: str | None = None,
+        tower_layer: int | None = None,
+    ) -> Prompt:
+        """The prompt of a question about ``images``; with ``tower_layer``, also each visual token's received
+        attention at that vision-tower layer (``Prompt.tower_attention``, for pruners that ask for it)."""
+        return self.prepare_ids(self.prompt_ids(question, len(images), think_mode), images, tower_layer)
 
     @torch.no_grad()
-    def prepare_ids(self, ids: list[int], images: list[Image.Image]) -> Prompt:
+    def prepare_ids(self, ids: list[int], images: list[Image.Image], tower_layer: int | None = None) -> Prompt:
         """The prompt from token ids holding one :data:`IMAGE_PLACEHOLDER` per image: image preprocessing,
-        vision encoder and splice. The speed benchmark enters here with synthetic ids of a workload's length."""
+        vision encoder and splice. The speed benchmark enters here with synthetic ids of a workload's length.
+        ``tower_layer``: see :meth:`prepare` (recorded inside the ``vision`` timer)."""
         timer = Timer(self.device)
-        visual, grids, crops = [], [], 0
+        visual, grids, crops, scores = [], [], 0, None
         if images:
             with timer("preprocess"):
                 pixels, layout = self.image_crops(images)
             with timer("vision"):
-                visual = self.visual_blocks(self.network.encode_crops(pixels), layout)
+                if tower_layer is None:
+                    visual = self.visual_blocks(self.network.encode_crops(pixels), layout)
+                else:
+                    features, received = self.network.encode_crops_with_attention(pixels, tower_layer)
+                    visual, scores = self.visual_blocks(features, layout), self.visual_scores(received, layout)
             grids, crops = self.visual_grids(visual, layout), layout.crops
         embeds, spans = self.splice(ids, visual)
-        return Prompt(embeds=embeds, visual_spans=spans, seconds=timer.seconds, visual_grids=grids, crops=crops)
+        return Prompt(
+            embeds=embeds,
+            visual_spans=spans,
+            seconds=timer.seconds,
+            visual_grids=grids,
+            crops=crops,
+            tower_attention=scores,
+        )
 
     def embed(self, token_ids: Tensor) -> Tensor:
         rows = self.network.model.embed_tokens.num_embeddings

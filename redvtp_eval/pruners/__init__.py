@@ -23,6 +23,8 @@ from redvtp_eval.pruners.pdrop import PDrop
 from redvtp_eval.pruners.pooling import Pooling
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
+from redvtp_eval.pruners.sparsevlm import SparseVLM
+from redvtp_eval.pruners.visionzip import VisionZip
 
 PRUNERS: dict[str, type[Pruner]] = {
     "none": Pruner,
@@ -37,6 +39,8 @@ PRUNERS: dict[str, type[Pruner]] = {
     "pdrop": PDrop,
     "dart": Dart,
     "d3tom": D3ToM,
+    "visionzip": VisionZip,
+    "sparsevlm": SparseVLM,
 }
 
 

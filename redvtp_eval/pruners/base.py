@@ -6,7 +6,8 @@ imports neither ``models`` nor the harness. Stages, in the order data flows:
 
 1. **before the language model** (:meth:`Pruner.before_lm`): once per generation, before step 1 (and
    before the prefix cache is filled), on the projected visual features of each image as they were
-   spliced into the prompt, with the prompt's text embeddings (:class:`VisualInput`).
+   spliced into the prompt, with the prompt's text embeddings and, if the pruner asks
+   (``needs_tower_attention``), the attention each visual token received in the vision tower (:class:`VisualInput`).
 2. **inside the language model** (:meth:`Pruner.in_lm`): in the forward of denoising step
    ``in_lm_step``, after the first K layers for each K in ``in_lm_layers``, with those layers' output
    hidden states and, if :meth:`Pruner.layer_queries` names query rows, the K-th layer's attention from
@@ -87,6 +88,11 @@ class Reduction:
     values: list[Tensor | None] | None = None
     """Per image, (len(kept), d) values written into the kept tokens (embeddings before the LM and between
     steps, hidden states inside it); None, or None for an image, leaves them as they are."""
+    sources: list[Tensor | None] | None = None
+    """Per image, for each current visual token, the index in ``kept`` of the token whose value it was averaged
+    into (−1: it leaves without a trace), when every value is the plain mean of the tokens pointing at it. Only
+    the inside-the-LM stage reads it: a drop that later forwards replay (``in_lm_persist="layers"``) then redoes
+    the same averages on each later forward's hidden states; without it a replay only drops."""
 
 
 Kept = list[Tensor] | Reduction | None
@@ -110,6 +116,11 @@ class VisualInput:
     region: list[Tensor | None] | None = None
     """Per image, a boolean mask of the tokens that show the answer (toy tasks only; None elsewhere)."""
     generator: torch.Generator | None = None
+    tower_attention: list[Tensor] | None = None
+    """Per image, (N,) float32 attention each visual token received inside the vision tower, aligned with
+    ``features`` (the model's rule: received attention of the patches at layer :attr:`Pruner.tower_layer`,
+    averaged over heads and query patches, carried through the same pooling and AnyRes packing as the features;
+    ``image_newline`` tokens 0). Filled only for a pruner with ``needs_tower_attention``; None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,12 @@ class Pruner:
     needs_attention = False
     merges_between_steps = False
     """:meth:`select` writes merged values into kept tokens, which the prefix cache cannot follow: refused there."""
+    needs_tower_attention = False
+    """The pruner reads :attr:`VisualInput.tower_attention`: the prompt must be prepared with
+    ``tower_layer=pruner.tower_attention_layer()`` (the model records that layer's attention while it encodes)."""
+    tower_layer = -1
+    """Which vision-tower layer (as the model holds it, 0-based; negative counts from the end, −1: the layer whose
+    output is the visual feature) the received attention is taken from."""
     needs_region = False
     """The pruner needs each sample's answer region (oracles): the job refuses tasks without one."""
 
@@ -207,6 +224,10 @@ class Pruner:
         self.prune_after_step = prune_after_step
         self.keep_positions = keep_positions
         self.record_scores = record_scores
+
+    def tower_attention_layer(self) -> int | None:
+        """The tower layer whose attention ``model.prepare(..., tower_layer=...)`` must record; None: none."""
+        return self.tower_layer if self.needs_tower_attention else None
 
     def scores(self, context: PruneContext) -> list[Tensor] | None:
         """Per image, one importance score per visual token; None when the pruner does not score."""

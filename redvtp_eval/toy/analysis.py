@@ -37,7 +37,8 @@ def answer_region_kept(model: LladaV, sample: ToySample, pruner: Pruner, seed: i
     """Fraction of the answer region's visual tokens that ``pruner`` keeps when the free-answer question is asked
     (1.0 when it prunes nothing). ``seed`` seeds the generation's random stream (random pruning draws from it)."""
     settings, think_mode = llada_v_settings(task_generation(TASK))
-    prompt = model.prepare(task_prompt(TASK, {"question": sample.question}), [sample.image], think_mode)
+    question = task_prompt(TASK, {"question": sample.question})
+    prompt = model.prepare(question, [sample.image], think_mode, tower_layer=pruner.tower_attention_layer())
     generator = torch.Generator(model.device).manual_seed(seed)
     record = generate(model, prompt, settings, pruner, generator).record
     region = answer_tokens(model, sample)

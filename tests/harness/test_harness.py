@@ -175,6 +175,23 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
     assert metrics["samples"] == 2 and metrics["failed"] == 0
 
 
+@pytest.mark.parametrize(
+    ("pruner", "options"),
+    [("visionzip", []), ("sparsevlm", []), ("sparsevlm", ["pruner.layers=[1,3]", "pruner.ratios=[0.5]"])],
+)
+def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options):
+    """The toy model's 444 visual tokens through the command line at r = 0.25: int(444 · 0.25) = 111 remain
+    (VisionZip before the LM, with the tower attention the adapter asks the model for; SparseVLM after its last
+    layer of step 1). Null options (``layers: null``) reach the pruner as its default, lists as lists."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", f"pruner={pruner}", "ratio=0.25", "limit=1", *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sample,) = lines(job / "samples.jsonl")
+    assert sample["failed"] is None and sample["visual_tokens_before"] == 444 and sample["visual_tokens_after"] == 111
+    assert sample["baseline"]["visual_tokens_after"] == 444
+    assert json.loads((job / "metrics.json").read_text())["failed"] == 0
+
+
 def test_an_mme_limit_that_cuts_a_question_pair_is_refused_before_anything_loads(tmp_path):
     from hydra import compose, initialize_config_dir
 

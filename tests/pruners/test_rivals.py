@@ -62,13 +62,19 @@ KEEP_ALL = [
     ("pdrop", {"ratio": 1.0}),
     ("dart", {"ratio": 1.0}),
     ("d3tom", {"ratio": 1.0}),
+    ("visionzip", {"ratio": 1.0}),
+    ("sparsevlm", {"ratio": 1.0, "layers": [1, 2, 3]}),
+    ("sparsevlm", {"ratio": 1.0, "raters": "prompt+masked"}),
 ]
 
 
 @pytest.mark.parametrize(("name", "options"), KEEP_ALL)
 def test_keeping_every_token_reproduces_the_unpruned_tokens(deep, prompt, name, options):
     unpruned = generate(deep, prompt, SETTINGS)
-    result = generate(deep, prompt, SETTINGS, make_pruner(name, **options), region=region_of(prompt))
+    pruner = make_pruner(name, **options)
+    if pruner.needs_tower_attention:
+        prompt = deep.prepare("What is the total?", [page((384, 192))], "no_think", pruner.tower_attention_layer())
+    result = generate(deep, prompt, SETTINGS, pruner, region=region_of(prompt))
     assert result.token_ids == unpruned.token_ids
     assert result.record.visual_tokens_after == prompt.visual_tokens
     assert result.record.effective_visual_tokens == unpruned.record.effective_visual_tokens == prompt.visual_tokens
