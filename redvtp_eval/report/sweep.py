@@ -82,6 +82,11 @@ def _logged(job_dir: Path) -> list[dict]:
     return list(entries.values())
 
 
+SUB_SCORE = "sub_score:"
+"""Column prefix of a task's further aggregate scores (``sub_score:mme_cognition_score,none``; ``baseline_`` before
+it for the unpruned side): one column each, so that the tidy table stays flat."""
+
+
 def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
     """The row of a finished job: both sides' score, latency and throughput, and the paired statistics."""
     pruned, unpruned = metrics["pruned"], metrics["unpruned"] or {}
@@ -123,10 +128,8 @@ def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
         "peak_memory_gib": pruned["peak_memory_gib"],
         "unparseable": pruned.get("unparseable"),
         "baseline_unparseable": unpruned.get("unparseable"),
-        "sub_scores": {
-            metric: (value, (unpruned.get("sub_scores") or {}).get(metric))
-            for metric, value in (pruned.get("sub_scores") or {}).items()
-        },
+        **{f"{SUB_SCORE}{metric}": value for metric, value in (pruned.get("sub_scores") or {}).items()},
+        **{f"baseline_{SUB_SCORE}{metric}": value for metric, value in (unpruned.get("sub_scores") or {}).items()},
     }
 
 

@@ -18,6 +18,8 @@ import math
 
 import pandas as pd
 
+from redvtp_eval.report.sweep import SUB_SCORE
+
 BENCHMARKS = {
     "ai2d": "AI2D",
     "realworldqa": "RealWorldQA",
@@ -161,8 +163,10 @@ def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
                     "Visual tokens": f"{job['visual_tokens_before']:.0f} → {job['visual_tokens_after']:.0f}",
                     "Unparseable (pruned / unpruned)": _pair(job.get("unparseable"), job.get("baseline_unparseable")),
                     "Sub-scores (pruned / unpruned)": "; ".join(
-                        f"{metric.split(',')[0]} {_pair(*values, '.1f')}"
-                        for metric, values in (job.get("sub_scores") or {}).items()
+                        f"{column.removeprefix(SUB_SCORE).split(',')[0]} "
+                        f"{_pair(job[column], job.get(f'baseline_{column}'), '.1f')}"
+                        for column in job.index
+                        if column.startswith(SUB_SCORE) and not pd.isna(job[column])
                     ),
                 }
             rows.append(row)

@@ -27,7 +27,10 @@ def test_sub_scores_and_unparseable_counts_reach_the_paired_table():
         "visual_tokens_after": 50,
         "unparseable": 1,
         "baseline_unparseable": 0,
-        "sub_scores": {"mme_perception_score,none": (50.0, 200.0), "mme_cognition_score,none": (50.0, 50.0)},
+        "sub_score:mme_perception_score,none": 50.0,
+        "baseline_sub_score:mme_perception_score,none": 200.0,
+        "sub_score:mme_cognition_score,none": 50.0,
+        "baseline_sub_score:mme_cognition_score,none": 50.0,
     }
     (row,) = paired_table(pd.DataFrame([job])).to_dict("records")
     assert row["Benchmark"] == "MME"
