@@ -176,18 +176,32 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("pruner", "options"),
-    [("visionzip", []), ("sparsevlm", []), ("sparsevlm", ["pruner.layers=[1,3]", "pruner.ratios=[0.5]"])],
+    ("pruner", "options", "kept"),
+    [
+        ("visionzip", [], 111),
+        ("sparsevlm", [], 111),
+        ("sparsevlm", ["pruner.layers=[1,3]", "pruner.ratios=[0.5]"], 111),
+        ("divprune", [], 111),
+        ("fastv", [], 111),
+        ("llada_fastv", [], 111),
+        ("dart", [], 111),
+        ("pooling", [], 114),
+        ("pdrop", [], 6),
+    ],
 )
-def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options):
+def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options, kept):
     """The toy model's 444 visual tokens through the command line at r = 0.25: int(444 · 0.25) = 111 remain
     (VisionZip before the LM, with the tower attention the adapter asks the model for; SparseVLM after its last
-    layer of step 1). Null options (``layers: null``) reach the pruner as its default, lists as lists."""
+    layer of step 1; FastV, LLaDA-FastV and DART after their layer of step 1). Pooling averages each 2-D grid
+    2×2 (stride round(1/√r)): the 12×12 base view to 36 and the 12 tile rows of 24 to 6 rows of 12 plus their
+    newlines, 114. PDrop drops at each of its stages by r: 444 → 111 → 27 → 6. Null options (``layers: null``)
+    reach the pruner as its default, lists as lists."""
     job = tmp_path / "job"
     result = run(f"hydra.run.dir={job}", f"pruner={pruner}", "ratio=0.25", "limit=1", *options)
     assert result.returncode == 0, result.stderr[-3000:]
     (sample,) = lines(job / "samples.jsonl")
-    assert sample["failed"] is None and sample["visual_tokens_before"] == 444 and sample["visual_tokens_after"] == 111
+    assert sample["failed"] is None and sample["visual_tokens_before"] == 444 and sample["visual_tokens_after"] == kept
+    assert kept <= sample["effective_visual_tokens"] < 444
     assert sample["baseline"]["visual_tokens_after"] == 444
     assert json.loads((job / "metrics.json").read_text())["failed"] == 0
 
