@@ -18,6 +18,13 @@ Two departures, both invisible in greedy outputs: logits are computed for the re
 stop strings the earliest occurrence of any of them wins (the official loop can miss a later string's
 earlier occurrence once one was found).
 
+Parallel decoding (beyond the paper): with ``threshold`` the per-step counts give way to Fast-dLLM's rule
+(NVlabs/Fast-dLLM ``llada/generate.py`` ``get_transfer_index``): commit the most confident masked position of
+the block and every other one whose confidence is at least the threshold, step after step until the block is
+full. LLaDA-V's own Fast-dLLM hook (``train/llava/hooks/fast_dllm_hook.py``) names a different rule
+``threshold`` (the n-th most confident is committed while its confidence is ≥ 1 − threshold/(n + 1)); it is
+not this one.
+
 LaViDa's settings are the same loop with other choices (one loop, settings decide): no suppressed tokens
 (the model reports none), no stop string, the per-block ``schedule`` (``uniform`` above, or LaViDa's
 ``linear``/``shift``/``logit_normal``/``cosine`` curves, or Dream's ``dream`` timestep rule), the
@@ -83,6 +90,10 @@ class GenerationSettings:
     """The ``shift`` schedule's s (LaViDa's ``schedule__shift``)."""
     prefix_cache: bool = False
     """LaViDa's ``prefix_lm``: compute the prompt's keys/values once; response positions attend to them."""
+    threshold: float | None = None
+    """Fast-dLLM's confidence-threshold parallel decoding: each step commits every masked position of the block
+    whose confidence is at least this (and the most confident one in any case), until the block is full; the
+    fixed per-step counts and ``steps`` are then not used (a block takes at most ``block_length`` steps)."""
 
     def __post_init__(self) -> None:
         if min(self.gen_length, self.steps, self.block_length) < 1:
@@ -99,6 +110,8 @@ class GenerationSettings:
             raise ValueError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold is a confidence in [0, 1], got {self.threshold}")
 
     @property
     def num_blocks(self) -> int:
@@ -627,7 +640,7 @@ def _generate(
             break
         masked_in_block = int((tokens[lo:hi] == mask_id).sum())
         schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
-        for block_step in range(steps_per_block):
+        for block_step in range(steps_per_block if settings.threshold is None else settings.block_length):
             masked = tokens == mask_id
             if stop_at is not None and not masked[:stop_at].any():
                 break
@@ -662,7 +675,10 @@ def _generate(
                 confidence = _confidence(logits, x0, settings.remasking, generator)
                 confidence[(stop_at if stop_at is not None else hi) :] = float("-inf")
                 confidence = torch.where(masked, confidence, float("-inf"))
-                count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
+                if settings.threshold is None:
+                    count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
+                else:
+                    count = max(1, int((confidence >= settings.threshold).sum()))
                 chosen = torch.topk(confidence, count).indices
                 tokens[chosen] = x0[chosen]
                 if stop_sequences:

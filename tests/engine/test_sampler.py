@@ -155,3 +155,43 @@ def test_the_loop_runs_under_the_official_autocast_only_on_cuda_in_its_dtype(dev
 def test_llada_v_declares_the_official_float16_autocast_and_lavida_none(tiny, lavida_models):
     assert tiny.autocast_dtype == torch.float16
     assert {model.autocast_dtype for model, _ in lavida_models.values()} == {None}
+
+
+def test_threshold_one_commits_one_token_a_step_as_the_fixed_schedule_does(tiny):
+    """No float64 probability of a random model reaches 1.0, so only the most confident position is committed."""
+    prompt = tiny.prepare("What is the total?", [page()], "no_think")
+    fixed = generate(tiny, prompt, GenerationSettings(8, 8, 4, stop_strings=()))
+    parallel = generate(tiny, prompt, GenerationSettings(8, 8, 4, stop_strings=(), threshold=1.0))
+    assert parallel.token_ids == fixed.token_ids
+    assert parallel.record.unmasked_per_step == [1] * 8
+
+
+def test_threshold_zero_fills_each_block_in_one_step(tiny):
+    prompt = tiny.prepare("What is the total?", [page()], "no_think")
+    one_step = generate(tiny, prompt, GenerationSettings(8, 2, 4, stop_strings=()))
+    parallel = generate(tiny, prompt, GenerationSettings(8, 8, 4, stop_strings=(), threshold=0.0))
+    assert parallel.token_ids == one_step.token_ids
+    assert parallel.record.unmasked_per_step == [4, 4]
+
+
+def test_threshold_commits_exactly_the_confident_positions(tiny, monkeypatch):
+    """With confidences fixed by hand, each step commits those at or above the threshold (at least one)."""
+    from redvtp_eval.engine import sampler
+
+    sequence = iter([[0.95, 0.2, 0.91, 0.1], [0.3, 0.5, 0.0, 0.4], [0.0, 0.6, 0.0, 0.9]])
+
+    def confidence(logits, x0, remasking, generator):
+        values = torch.full((len(logits),), 0.0, dtype=torch.float64)
+        values[:4] = torch.tensor(next(sequence), dtype=torch.float64)
+        return values
+
+    monkeypatch.setattr(sampler, "_confidence", confidence)
+    prompt = tiny.prepare("What is the total?", [page()], "no_think")
+    result = generate(tiny, prompt, GenerationSettings(4, 4, 4, stop_strings=(), threshold=0.9))
+    assert result.record.unmasked_per_step == [2, 1, 1]  # {0, 2}; then the best of {1, 3}: 1; then 3
+    assert result.record.steps == 3
+
+
+def test_a_threshold_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match=r"threshold is a confidence in \[0, 1\], got 1.5"):
+        GenerationSettings(threshold=1.5)
