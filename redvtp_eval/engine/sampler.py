@@ -18,6 +18,16 @@ Two departures, both invisible in greedy outputs: logits are computed for the re
 stop strings the earliest occurrence of any of them wins (the official loop can miss a later string's
 earlier occurrence once one was found).
 
+Fast-dLLM's caches (beyond the paper; ``fast_dllm``, NVlabs/Fast-dLLM ``llada/generate.py``
+``generate_with_prefix_cache`` / ``generate_with_dual_cache``): a block's first step (and every
+``refresh_every``-th) is the full forward, which also keeps every layer's keys/values; ``prefix`` keeps those
+of the positions before the block, and the block's other steps run the block and everything after it
+against them; ``dual`` also keeps those after the block, and the other steps run the block alone. The
+cached entries are approximations (computed when the block still held masks), exact with one layer. A
+between-steps pruner acts after a full forward (its attention is recorded there); its deletions leave the
+cache at once and positions stay the original ones, as with LaViDa's cache; pruners inside the LM, merging
+ones and shifted-logits models are refused.
+
 Parallel decoding (beyond the paper): with ``threshold`` the per-step counts give way to Fast-dLLM's rule
 (NVlabs/Fast-dLLM ``llada/generate.py`` ``get_transfer_index``): commit the most confident masked position of
 the block and every other one whose confidence is at least the threshold, step after step until the block is
@@ -72,6 +82,7 @@ from redvtp_eval.pruners.base import (
 )
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
+FAST_DLLM = ("none", "prefix", "dual")
 SCHEDULES = ("uniform", "linear", "shift", "logit_normal", "cosine", "dream")
 DREAM_EPS = 1e-3
 """The last time of Dream's timestep grid ``linspace(1, eps, steps + 1)`` (its generation config's ``eps``)."""
@@ -90,6 +101,14 @@ class GenerationSettings:
     """The ``shift`` schedule's s (LaViDa's ``schedule__shift``)."""
     prefix_cache: bool = False
     """LaViDa's ``prefix_lm``: compute the prompt's keys/values once; response positions attend to them."""
+    fast_dllm: str = "none"
+    """Fast-dLLM's approximate KV cache (LLaDA's backbone): ``prefix`` — a full forward at each block's start
+    (and every ``refresh_every`` steps) caches every position before the block, and the block's other steps run
+    the block and the positions after it against that cache; ``dual`` — the full forward caches the positions
+    after the block too, and the other steps run the block alone."""
+    refresh_every: int | None = None
+    """With ``fast_dllm``: a full forward every this many steps of a block (None: at its first step only; 1: every
+    step, which is the uncached loop)."""
     threshold: float | None = None
     """Fast-dLLM's confidence-threshold parallel decoding: each step commits every masked position of the block
     whose confidence is at least this (and the most confident one in any case), until the block is full; the
@@ -110,6 +129,12 @@ class GenerationSettings:
             raise ValueError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.fast_dllm not in FAST_DLLM:
+            raise ValueError(f"fast_dllm {self.fast_dllm!r} is not one of {', '.join(FAST_DLLM)}")
+        if self.fast_dllm != "none" and self.prefix_cache:
+            raise ValueError("fast_dllm and prefix_cache (LaViDa's prefix_lm) are two caches: choose one")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError(f"refresh_every counts steps and must be >= 1, got {self.refresh_every}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold is a confidence in [0, 1], got {self.threshold}")
 
@@ -342,8 +367,13 @@ class _LayerHook:
         acting: tuple[int, ...],
         replay: dict[int, list[Tensor]],
         merges: dict[int, list[tuple[Tensor, Tensor] | None]] | None = None,
+        rows: int | None = None,
+        cached_response: int = 0,
     ) -> None:
+        """``rows``: the forward's query rows (default: the whole sequence, or the response against the prefix
+        cache); ``cached_response``: response entries held in ``cache`` (Fast-dLLM's caches hold some)."""
         self.pruner, self.step, self.cache, self.global_probe = pruner, step, cache, probe
+        self.rows, self.cached_response = rows, cached_response
         self.spans = list(sequence.spans)
         self.original = list(sequence.original_index)
         self.prompt_length, self.gen_length = sequence.prompt_length, sequence.gen_length
@@ -380,9 +410,10 @@ class _LayerHook:
         )
 
     def probe(self, layer: int) -> AttentionProbe | None:
-        prompt = self.cache.layer_length(layer) if self.cache is not None else self.prompt_length
-        keys = prompt + self.gen_length
-        rows = self.gen_length if self.cache is not None else keys
+        cached = self.cache.layer_length(layer) if self.cache is not None else 0
+        prompt = cached - self.cached_response if self.cache is not None else self.prompt_length
+        rows = self.rows or (self.gen_length if self.cache is not None else self.prompt_length + self.gen_length)
+        keys = cached + rows
         self.layers.append((rows, keys, prompt - self.text_tokens))
         probe = self.global_probe
         if layer + 1 in self.acting:
@@ -467,6 +498,18 @@ class _LayerHook:
             return None
         keep = torch.cat([prompt_keep, torch.ones(self.gen_length, dtype=torch.bool, device=device)])
         return hidden[keep], keep
+
+
+def _block_cache(
+    filled: PrefixCache, prompt_length: int, lo: int, hi: int, settings: GenerationSettings
+) -> PrefixCache:
+    """Fast-dLLM's cache for block [lo, hi) of the response from a full forward's keys/values: every position
+    before the block (``prefix``), or every position outside it (``dual``)."""
+    filled.close()
+    keep = torch.ones(filled.length, dtype=torch.bool, device=filled.keys[0].device)
+    keep[prompt_length + lo : prompt_length + (hi if settings.fast_dllm == "dual" else settings.gen_length)] = False
+    filled.keep(keep)
+    return filled
 
 
 def _gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -625,7 +668,16 @@ def _generate(
         record.forwards.append(
             ForwardShape("prefill", [(length, length, visual_count)] * len(cache.keys), 1, [0] * len(cache.keys))
         )
+    fast = settings.fast_dllm != "none"
+    fast_cache: PrefixCache | None = None
+    """Fast-dLLM's cache of the current block (filled by its last full forward)."""
+    if fast and model.shifted_logits:
+        raise ValueError("fast_dllm follows Fast-dLLM's LLaDA rules; a shifted-logits model (Dream) is not supported")
+    if fast and pruner.merges_between_steps:
+        raise ValueError(f"pruner {pruner.name!r} merges between steps, which Fast-dLLM's cache cannot follow")
     lm_layers = tuple(pruner.lm_layers(model.num_layers))
+    if fast and lm_layers:
+        raise ValueError(f"pruner {pruner.name!r} acts inside the LM, which is not combined with fast_dllm yet")
     if any(not 1 <= layer < model.num_layers for layer in lm_layers):
         raise ValueError(f"pruner {pruner.name!r} acts after layers {lm_layers}; the model has {model.num_layers}")
     if lm_layers and cache is not None and pruner.in_lm_needs_hidden:
@@ -640,7 +692,8 @@ def _generate(
             break
         masked_in_block = int((tokens[lo:hi] == mask_id).sum())
         schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
-        for block_step in range(steps_per_block if settings.threshold is None else settings.block_length):
+        block_steps = steps_per_block if settings.threshold is None else settings.block_length
+        for block_step in range(block_steps):
             masked = tokens == mask_id
             if stop_at is not None and not masked[:stop_at].any():
                 break
@@ -648,31 +701,62 @@ def _generate(
                 break
             record.steps += 1
             prune_now = pruner.acts_after(record.steps, settings.steps)
+            # Fast-dLLM: a refresh step is a full forward that fills the block's cache; the others run a window.
+            refresh = fast and block_step % (settings.refresh_every or block_steps) == 0
+            w_lo, w_hi = 0, settings.gen_length
+            if fast and not refresh:
+                w_lo, w_hi = lo, (settings.gen_length if settings.fast_dllm == "prefix" else hi)
+            step_cache = cache if cache is not None else (fast_cache if fast and not refresh else None)
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
-                rows = (
-                    sequence.response if cache is not None else torch.cat([sequence.prompt_text(), sequence.response])
-                )
-                probe = AttentionProbe(rows, sequence.visual())
+                if fast and not refresh:
+                    if prune_now:
+                        raise ValueError(
+                            f"pruner {pruner.name!r} acts after step {record.steps}, which runs against Fast-dLLM's "
+                            "cache; attention is recorded on the full forwards (block starts, refresh_every) only"
+                        )
+                else:
+                    rows = (
+                        sequence.response
+                        if cache is not None
+                        else torch.cat([sequence.prompt_text(), sequence.response])
+                    )
+                    probe = AttentionProbe(rows, sequence.visual())
             acting = lm_layers if record.steps == pruner.in_lm_step else ()
             hook = _LayerHook(
-                pruner, record.steps, sequence, masked.nonzero().squeeze(1), cache, probe, acting, replay, merges
+                pruner,
+                record.steps,
+                sequence,
+                masked.nonzero().squeeze(1),
+                step_cache,
+                probe,
+                acting,
+                replay,
+                merges,
+                rows=w_hi - w_lo if fast and not refresh else None,
+                cached_response=settings.gen_length - (w_hi - w_lo) if fast and not refresh else 0,
             )
 
             # Stage 2 runs inside this forward, through the hook.
             with timer("step"):
-                if cache is None:
+                if step_cache is None:
                     embeds = torch.cat([sequence.embeds, model.embed(tokens)])
-                    logits = model.logits(embeds, sequence.positions, sequence.response, hook=hook)
+                    filling = PrefixCache() if refresh else None
+                    logits = model.logits(embeds, sequence.positions, sequence.response, hook=hook, cache=filling)
+                    if filling is not None:
+                        fast_cache = _block_cache(filling, sequence.prompt_length, lo, hi, settings)
                     record.step_forward.append((len(embeds), len(embeds)))
                 else:
-                    response_positions = sequence.positions[sequence.prompt_length :]
-                    at = torch.arange(settings.gen_length, device=device)
-                    logits = model.logits(model.embed(tokens), response_positions, at, hook=hook, cache=cache)
-                    record.step_forward.append((settings.gen_length, cache.length + settings.gen_length))
-                logits[:, suppressed] = torch.where(masked[:, None], float("-inf"), logits[:, suppressed])
-                x0 = _gumbel_argmax(logits, settings.temperature, generator)
-                confidence = _confidence(logits, x0, settings.remasking, generator)
+                    window = sequence.positions[sequence.prompt_length + w_lo : sequence.prompt_length + w_hi]
+                    at = torch.arange(w_hi - w_lo, device=device)
+                    logits = model.logits(model.embed(tokens[w_lo:w_hi]), window, at, hook=hook, cache=step_cache)
+                    record.step_forward.append((w_hi - w_lo, step_cache.length + w_hi - w_lo))
+                logits[:, suppressed] = torch.where(masked[w_lo:w_hi, None], float("-inf"), logits[:, suppressed])
+                x0 = tokens.clone()
+                x0[w_lo:w_hi] = _gumbel_argmax(logits, settings.temperature, generator)
+                in_window = _confidence(logits, x0[w_lo:w_hi], settings.remasking, generator)
+                confidence = torch.full((settings.gen_length,), float("-inf"), dtype=in_window.dtype, device=device)
+                confidence[w_lo:w_hi] = in_window
                 confidence[(stop_at if stop_at is not None else hi) :] = float("-inf")
                 confidence = torch.where(masked, confidence, float("-inf"))
                 if settings.threshold is None:
@@ -687,7 +771,7 @@ def _generate(
                         stop_at = found
             record.step_seconds.append(timer.seconds.pop("step"))
             record.unmasked_per_step.append(count)
-            record.forwards.append(ForwardShape("step", hook.layers, settings.gen_length, hook.probed))
+            record.forwards.append(ForwardShape("step", hook.layers, w_hi - w_lo, hook.probed))
 
             if hook.kept_after:
                 with timer("prune"):
@@ -740,9 +824,12 @@ def _generate(
                     if reduction is not None:
                         if reduction.values is not None and cache is not None:
                             raise ValueError(f"{pruner.name}: merging between steps needs prefix_lm off")
-                        prompt_kept = sequence.keep(reduction, pruner.keep_positions or cache is not None)
+                        prompt_kept = sequence.keep(reduction, pruner.keep_positions or cache is not None or fast)
                         if cache is not None:
                             cache.keep(prompt_kept)
+                        if fast_cache is not None:
+                            cached_response = fast_cache.length - len(prompt_kept)
+                            fast_cache.keep(torch.cat([prompt_kept, prompt_kept.new_ones(cached_response)]))
                         if record.pruned_after_step is None:
                             record.pruned_after_step = record.steps
                         pruned(f"after_step{record.steps}")

@@ -1,0 +1,96 @@
+"""Fast-dLLM's prefix and dual caches in the one sampler loop: what each forward runs, and when it is exact."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from helpers import page
+
+from redvtp_eval.engine.sampler import GenerationSettings, generate
+from redvtp_eval.models.llada_v import load_llada_v
+from redvtp_eval.models.make_tiny import make_tiny
+from redvtp_eval.pruners import make_pruner
+
+SETTINGS = GenerationSettings(16, 8, 8, stop_strings=())
+"""Two blocks of 8 tokens, 4 steps each."""
+MODES = ("prefix", "dual")
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny):
+    return tiny.prepare("What is the total?", [page((384, 192))], "no_think")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_refresh_at_every_step_is_the_uncached_loop(tiny, prompt, mode):
+    uncached = generate(tiny, prompt, SETTINGS)
+    cached = generate(tiny, prompt, replace(SETTINGS, fast_dllm=mode, refresh_every=1))
+    assert cached.token_ids == uncached.token_ids
+    assert cached.record.step_forward == uncached.record.step_forward
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_block_runs_one_full_forward_then_its_window_against_the_cache(tiny, prompt, mode):
+    length = prompt.embeds.shape[0] + 16
+    record = generate(tiny, prompt, replace(SETTINGS, fast_dllm=mode)).record
+    window = {"prefix": [16, 8], "dual": [8, 8]}[mode]  # rows of the cached steps in blocks 1 and 2
+    expected = []
+    for rows in window:
+        expected += [(length, length)] + [(rows, length)] * 3
+    assert record.step_forward == expected
+    assert [forward.logits for forward in record.forwards] == [16, *[window[0]] * 3, 16, *[window[1]] * 3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_with_one_layer_the_cache_is_exact(tmp_path, mode):
+    """One layer: a position's keys/values depend on its own embedding only, and the cached ones (the prompt, the
+    committed tokens before the block, the masks after it) do not change until their block is refreshed."""
+    model = load_llada_v(make_tiny(tmp_path / "one", seed=1, layers=1), dtype="float32")
+    one = model.prepare("What is the total?", [page((384, 192))], "no_think")
+    uncached = generate(model, one, SETTINGS)
+    assert generate(model, one, replace(SETTINGS, fast_dllm=mode)).token_ids == uncached.token_ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ratio_one_with_the_cache_is_the_unpruned_cached_run(tiny, prompt, mode):
+    settings = replace(SETTINGS, fast_dllm=mode)
+    unpruned = generate(tiny, prompt, settings)
+    kept_all = generate(tiny, prompt, settings, make_pruner("redvtp", ratio=1.0))
+    assert kept_all.token_ids == unpruned.token_ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pruning_after_step_one_shrinks_every_later_forward_and_keeps_positions(tiny, prompt, mode):
+    settings = replace(SETTINGS, fast_dllm=mode)
+    record = generate(tiny, prompt, settings, make_pruner("redvtp", ratio=0.25)).record
+    visual = prompt.visual_tokens
+    kept = max(1, int(visual * 0.25))
+    assert record.visual_tokens_after == kept
+    length = prompt.embeds.shape[0] + 16
+    keys = [forward[1] for forward in record.step_forward]
+    assert keys[0] == length and all(k == length - visual + kept for k in keys[1:])
+
+
+def test_fast_dllm_refuses_what_it_cannot_follow(tiny, prompt):
+    with pytest.raises(ValueError, match="two caches: choose one"):
+        GenerationSettings(fast_dllm="prefix", prefix_cache=True)
+    with pytest.raises(ValueError, match="fast_dllm 'triple' is not one of none, prefix, dual"):
+        GenerationSettings(fast_dllm="triple")
+    with pytest.raises(ValueError, match="acts inside the LM, which is not combined with fast_dllm yet"):
+        generate(tiny, prompt, replace(SETTINGS, fast_dllm="prefix"), make_pruner("fastv", ratio=0.5))
+    with pytest.raises(ValueError, match="runs against Fast-dLLM's cache"):
+        generate(
+            tiny, prompt, replace(SETTINGS, fast_dllm="dual"), make_pruner("redvtp", ratio=0.5, prune_after_step=2)
+        )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parallel_decoding_composes_with_the_cache(tiny, prompt, mode):
+    """Threshold 1.0 commits one token a step (no float64 probability of a random model reaches 1), so it runs
+    the same steps as the fixed schedule of one token a step with the same cache."""
+    one_a_step = replace(SETTINGS, steps=16, fast_dllm=mode)
+    fixed = generate(tiny, prompt, one_a_step)
+    parallel = generate(tiny, prompt, replace(one_a_step, threshold=1.0))
+    assert parallel.token_ids == fixed.token_ids
+    assert parallel.record.step_forward == fixed.record.step_forward
