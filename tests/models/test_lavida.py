@@ -309,3 +309,20 @@ def test_a_cached_forward_is_the_full_forward_with_the_prompt_blind_to_the_respo
     alone = network.hidden_states(response[None], positions[:, P:], None, None)
     torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
     assert (cached - alone).abs().max() > 1e-2
+
+
+def test_the_cache_serves_every_step_from_one_buffer_without_copying_the_prompt():
+    from redvtp_eval.models.prefix_cache import PrefixCache
+
+    cache = PrefixCache()
+    prompt_keys, prompt_values = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    cache.update(prompt_keys, prompt_values, 0)
+    cache.close()
+    first = cache.update(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), 0)
+    new_keys = torch.randn(1, 2, 3, 4)
+    second = cache.update(new_keys, torch.randn(1, 2, 3, 4), 0)
+    assert second[0].data_ptr() == first[0].data_ptr()  # the same room, written in place
+    assert torch.equal(second[0][:, :, :5], prompt_keys) and torch.equal(second[0][:, :, 5:], new_keys)
+    cache.keep(torch.tensor([True, False, True, True, False]))
+    third = cache.update(new_keys, torch.randn(1, 2, 3, 4), 0)
+    assert torch.equal(third[0], torch.cat([prompt_keys[:, :, [0, 2, 3]], new_keys], dim=2))
