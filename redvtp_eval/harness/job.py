@@ -10,6 +10,8 @@ Job directory: ``config.yaml`` (the resolved job config), ``environment.json``, 
 ``lmms_eval_results.json`` (+ ``lmms_eval_baseline_results.json``), ``metrics.json``, and W&B files;
 ``failed.json`` (the error and its traceback) when the job stopped on an exception.
 Re-running the same command skips a finished job and resumes a half-finished one from ``samples.jsonl``.
+A job gives a ``ratio`` or a ``budget`` (a fraction of the unpruned cost by ``budget_metric``): the adapter then
+calibrates the ratio on the first sample, and ``metrics.json`` holds it with the achieved cost under ``budget``.
 
 Data parallelism: under ``accelerate launch`` every rank runs this job on its share of the samples
 (lmms-eval splits them by rank) and logs to its own file; rank 0 merges the logs and writes the rest.

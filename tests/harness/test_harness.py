@@ -112,7 +112,8 @@ def test_a_d3tom_job_merges_after_each_step_through_the_cli(tmp_path):
 def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
     """``pruner=fastv budget=0.6``: FastV keeps the toy's 4-layer sequence whole through layer 2 of every step, so
     its effective visual tokens are (2 + 2r)/4 of the unpruned model's whatever the answer: 0.6 needs r < 89/444. The
-    job calibrates on its first sample, runs every sample at that ratio, and says so in the log and the metrics."""
+    job calibrates on its first sample, runs every sample at that ratio, and says so in the log and the metrics;
+    resumed, it finds the same ratio."""
     job = tmp_path / "job"
     result = run(f"hydra.run.dir={job}", "pruner=fastv", "budget=0.6", "limit=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,6 +137,12 @@ def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
         "fastv-budget0.6" in result.stdout
         and f"budget=0.6 by effective_visual_tokens: ratio {ratio:.4f}" in result.stdout
     )
+
+    (job / "metrics.json").unlink()  # a resumed job calibrates again, finds the same ratio and keeps every sample
+    resumed = run(f"hydra.run.dir={job}", "pruner=fastv", "budget=0.6", "limit=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((job / "metrics.json").read_text())["ratio"] == ratio
+    assert [s["latency_s"] for s in lines(job / "samples.jsonl")] == [s["latency_s"] for s in samples]
 
 
 @pytest.mark.parametrize(
