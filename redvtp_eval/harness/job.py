@@ -51,8 +51,11 @@ class JobError(Exception):
 
 
 def job_config(cfg: DictConfig) -> dict:
+    """The resolved config a job directory holds; a ratio job's leaves out the unset budget keys, so that it equals
+    what directories written before ``budget`` existed hold (and they resume and skip as before)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {key: value for key, value in resolved.items() if key not in RUN_ONLY_KEYS}
+    unset = ("budget", "budget_metric") if resolved.get("budget") is None else ()
+    return {key: value for key, value in resolved.items() if key not in RUN_ONLY_KEYS + unset}
 
 
 def claim_directory(job_dir: Path, config: dict) -> None:
