@@ -19,3 +19,22 @@ import os
 # setting wins).
 for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_variable, "1")
+
+
+def _cost_tag(ratio: float, budget: float | None, metric: str | None) -> str:
+    """How a job directory names what the pruner was held to: ``r0.5`` (a ratio) or ``budget0.5`` /
+    ``budget0.5-flops`` (a cost target, ``budget=``; README "Matched cost"). Used by ``configs/pruner/*.yaml``."""
+    if budget is None:
+        return f"r{ratio}"
+    return f"budget{budget}" + ("" if metric in (None, "effective_visual_tokens") else f"-{metric}")
+
+
+def _register_resolvers() -> None:
+    """``${cost_tag:...}`` for the configs, registered wherever the package is imported (every entry point, the
+    submitit launcher's job processes, tests that compose the configs)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("cost_tag", _cost_tag, replace=True)
+
+
+_register_resolvers()

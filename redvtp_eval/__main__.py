@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
     hydra_config = HydraConfig.get()
     try:
         multirun = hydra_config.mode == RunMode.MULTIRUN
-        run_job(cfg, Path(hydra_config.runtime.output_dir), Path(hydra_config.sweep.dir).name if multirun else None)
+        sweep = Path(hydra_config.sweep.dir).name if multirun else None
+        run_job(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
     except (JobError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         if multirun:

@@ -10,6 +10,8 @@ Job directory: ``config.yaml`` (the resolved job config), ``environment.json``, 
 ``lmms_eval_results.json`` (+ ``lmms_eval_baseline_results.json``), ``metrics.json``, and W&B files;
 ``failed.json`` (the error and its traceback) when the job stopped on an exception.
 Re-running the same command skips a finished job and resumes a half-finished one from ``samples.jsonl``.
+A job gives a ``ratio`` or a ``budget`` (a fraction of the unpruned cost by ``budget_metric``): the adapter then
+calibrates the ratio on the first sample, and ``metrics.json`` holds it with the achieved cost under ``budget``.
 
 Data parallelism: under ``accelerate launch`` every rank runs this job on its share of the samples
 (lmms-eval splits them by rank) and logs to its own file; rank 0 merges the logs and writes the rest.
@@ -26,6 +28,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from redvtp_eval.engine.budget import check_budget
 from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.harness.lmms_plugin import link_lmms_eval_tasks
@@ -48,8 +51,11 @@ class JobError(Exception):
 
 
 def job_config(cfg: DictConfig) -> dict:
+    """The resolved config a job directory holds; a ratio job's leaves out the unset budget keys, so that it equals
+    what directories written before ``budget`` existed hold (and they resume and skip as before)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {key: value for key, value in resolved.items() if key not in RUN_ONLY_KEYS}
+    unset = ("budget", "budget_metric") if resolved.get("budget") is None else ()
+    return {key: value for key, value in resolved.items() if key not in RUN_ONLY_KEYS + unset}
 
 
 def claim_directory(job_dir: Path, config: dict) -> None:
@@ -84,6 +90,32 @@ def check_family(cfg: DictConfig) -> None:
         raise JobError(
             f"task {cfg.task.name} names no lmms-eval task for protocol={cfg.protocol.name} and {cfg.model.family}; "
             f"add tasks.{cfg.protocol.name}.{cfg.model.family} to its configs/task file"
+        )
+
+
+def overridden_keys(overrides: list[str]) -> set[str]:
+    """The config keys a list of Hydra overrides sets (``ratio=0.5``, ``+budget=0.5``, ``~ratio``)."""
+    return {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+
+
+def check_cost_target(cfg: DictConfig, overrides: list[str]) -> None:
+    """A job gives a ratio or a budget: ``budget`` (a fraction of the unpruned cost, by ``budget_metric``) replaces
+    the default ``ratio``, and one given explicitly next to it (on the command line, or by a sweep) is refused."""
+    budget = cfg.get("budget")
+    if budget is None:
+        return
+    check_budget(budget, cfg.get("budget_metric", "effective_visual_tokens"))
+    if "ratio" in overridden_keys(overrides):
+        raise JobError(
+            f"ratio and budget are exclusive: budget={budget} picks the ratio that meets it; drop ratio=, or drop "
+            "budget= to run at the ratio you gave"
+        )
+    if cfg.pruner.name == "none":
+        raise JobError("budget picks a pruner's ratio; pruner=none (the unpruned model) has none: choose a pruner")
+    if launch_rank()[2] > 1:
+        raise JobError(
+            "budget calibrates its ratio on the first sample of one process: run it without accelerate launch, or "
+            "run the data-parallel job at the ratio metrics.json reports (ratio=...)"
         )
 
 
@@ -198,7 +230,9 @@ def model_args(cfg: DictConfig, checkpoint: str) -> str:
         "warmup": cfg.warmup,
         "seed": cfg.seed,
     }
-    if cfg.pruner.name != "none":
+    if cfg.get("budget") is not None:
+        args |= {"budget": cfg.budget, "budget_metric": cfg.budget_metric}
+    elif cfg.pruner.name != "none":
         args["ratio"] = cfg.ratio
     # A null option is the pruner's default: left out, since lmms-eval would pass it on as the string "None".
     args |= {key: value for key, value in cfg.pruner.items() if key not in ("name", "tag") and value is not None}
@@ -236,16 +270,40 @@ def side_scores(results: dict, name: str, sub_metrics) -> dict:
     return {metric: results["results"][name].get(metric) for metric in sub_metrics or []}
 
 
+def budget_summary(adapter, entries: list[dict]) -> dict:
+    """What a budget job's ratio came from and what it achieved: the calibration (sample, ratio, its cost there in
+    the fixed shape) and the cost fraction of every measured sample (each over its own unpruned run)."""
+    calibration = adapter.calibration
+    fractions = [
+        entry["budget"]["cost_fraction"]
+        for entry in entries
+        if entry["failed"] is None and entry["budget"]["cost_fraction"] is not None
+    ]
+    return {
+        "target": calibration.target,
+        "metric": calibration.metric,
+        "ratio": calibration.ratio,
+        "calibrated_on": adapter.calibrated_on,
+        "calibration_cost_fraction": calibration.fraction,
+        "calibration_runs": len(calibration.tried),
+        "cost_fraction_mean": sum(fractions) / len(fractions) if fractions else None,
+        "cost_fraction_max": max(fractions, default=None),
+        "samples_over_budget": sum(fraction > calibration.target for fraction in fractions),
+    }
+
+
 def dump(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None) -> dict | None:
-    """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun.
+def run_job(cfg: DictConfig, job_dir: Path, sweep: str | None = None, overrides: list[str] = ()) -> dict | None:
+    """Run (or resume, or skip) the job in ``job_dir``; ``sweep`` names the W&B group of a multirun; ``overrides``
+    are the job's Hydra overrides (a ``ratio`` among them is refused next to a ``budget``).
 
     Returns the metrics on rank 0 (None on the other ranks of a data-parallel run).
     """
     check_ratio(cfg.ratio)
+    check_cost_target(cfg, list(overrides))
     check_family(cfg)
     check_limit(cfg)
     checkpoint = checkpoint_path(cfg)
@@ -327,6 +385,9 @@ def _run(
             "world_size": world_size,
             **summarize(entries, results["results"][name][metric], baseline_score),
         }
+        if adapter.calibration is not None:
+            metrics["ratio"] = adapter.calibration.ratio
+            metrics["budget"] = budget_summary(adapter, entries)
         metrics["pruned"]["sub_scores"] = side_scores(results, name, sub_metrics)
         if metrics["unpruned"]:
             metrics["unpruned"]["sub_scores"] = side_scores(baseline, name, sub_metrics)

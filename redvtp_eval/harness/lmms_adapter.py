@@ -26,6 +26,14 @@ as the harness does; the family's own names given with ``--gen_kwargs`` override
 task YAML also sets (``max_new_tokens``, ``temperature``: their values cannot be told apart from the YAML's, so
 for a known task they are the config's; change them in ``configs/task`` or run the task under a new name).
 
+Matched cost: with ``budget`` (a fraction of the unpruned model's cost, by ``budget_metric``:
+``effective_visual_tokens`` or ``flops``) instead of ``ratio``, the adapter calibrates on its first request
+(:func:`redvtp_eval.engine.budget.calibrate`: the largest ratio whose cost on that sample, in the schedule's fixed
+shape, is at most the budget), builds its pruner at that ratio and runs every sample with it. The calibration is
+deterministic, so a resumed job finds the same ratio (and refuses a log written at another one). Every sample's
+record then holds ``ratio`` and ``budget`` (target, metric, and ``cost_fraction``: the sample's cost over its
+unpruned run's; without a paired baseline, effective visual tokens over the visual tokens, flops None).
+
 What the sample's record says beyond the answer: ``truncated_image`` when an image decoded only because
 lmms-eval lets PIL fill a truncated file (``LOAD_TRUNCATED_IMAGES``); ``raw_prediction`` when the answer
 held characters a worksheet cannot store (MMBench writes answers into an xlsx submission), which are
@@ -35,6 +43,7 @@ removed from the ``prediction`` that lmms-eval scores.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Callable
 from functools import cache
@@ -48,6 +57,7 @@ from PIL import ImageFile, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
+from redvtp_eval.engine.budget import Calibration, calibrate, check_budget
 from redvtp_eval.engine.families import family as model_family
 from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.harness.measurement import generation_fields, measure
@@ -149,15 +159,33 @@ class PrunedDiffusionVLM(lmms):
         log_path: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
+        budget: float | None = None,
+        budget_metric: str = "effective_visual_tokens",
         **pruner_options,
     ) -> None:
         """Everything not named here is an option of the pruner (``ratio``, ``query_set``…); ``dtype`` defaults to
-        the family's official precision (LLaDA-V float16, LaViDa bfloat16)."""
+        the family's official precision (LLaDA-V float16, LaViDa bfloat16). ``budget`` replaces ``ratio``: the ratio
+        is calibrated on the first request (module docstring)."""
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError(f"the diffusion sampler runs batch size 1, got batch_size={batch_size}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.pruner = make_pruner(pruner, **{key: pruner_option(value) for key, value in pruner_options.items()})
+        options = {key: pruner_option(value) for key, value in pruner_options.items()}
+        self.budget = None if pruner_option(budget) is None else check_budget(float(budget), budget_metric)
+        self.calibration: Calibration | None = None
+        if self.budget is not None:
+            if "ratio" in options:
+                raise ValueError("give the pruner a ratio or a budget, not both (budget picks the ratio)")
+            if pruner == "none":
+                raise ValueError("a budget picks a pruner's ratio; the unpruned model (pruner=none) has none")
+            ranks = int(os.environ.get("WORLD_SIZE", 1))
+            if ranks > 1:
+                raise ValueError(
+                    f"budget calibrates on the first sample of one process; this run has {ranks} ranks, "
+                    "whose first samples differ: calibrate in one process and pass the ratio it reports"
+                )
+        self.pruner_at = lambda ratio: make_pruner(pruner, **options, ratio=ratio)
+        self.pruner = self.pruner_at(1.0) if self.budget is not None else make_pruner(pruner, **options)
         self.baseline = Pruner() if paired_baseline and pruner != "none" else None
         self.family, self.family_name = model_family(family), family
         self.model = self.family.load(
@@ -194,15 +222,55 @@ class PrunedDiffusionVLM(lmms):
         )
         return generation_fields(run, settings, self.model.config)
 
-    def _sample(self, request: Instance, position: int, warm: bool) -> dict:
+    def _inputs(self, request: Instance) -> tuple[str, list, bool, GenerationSettings, str | None, int]:
+        """(context, images, truncated, settings, think mode, seed) of one request."""
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+        settings, think_mode = self.family.settings(task_settings(known_generation(task, self.family_name), gen_kwargs))
+        seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
+        images, truncated = decoded_visuals(lambda: doc_to_visual(self.task_dict[task][split][doc_id]))
+        return context, images, truncated, settings, think_mode, seed
+
+    def calibrate(self, requests: list[Instance]) -> Calibration:
+        """The ratio that meets the budget on the first request that can be prepared; the pruner is rebuilt at it."""
+        target, metric = self.budget
+        for request in requests:
+            try:
+                context, images, _, settings, think_mode, seed = self._inputs(request)
+                layer = self.pruner.tower_attention_layer()
+                prompt = self.model.prepare(context, images, think_mode, tower_layer=layer)
+            except SAMPLE_ERRORS:
+                continue
+            calibration = calibrate(self.model, prompt, settings, self.pruner_at, target, metric, seed=seed)
+            self.calibration = calibration
+            self.calibrated_on = {"task": request.args[4], "doc_id": request.args[3]}
+            self.pruner = self.pruner_at(calibration.ratio)
+            print(
+                f"budget={target} by {metric}: ratio {calibration.ratio:.4f} costs {calibration.fraction:.3f} of the "
+                f"unpruned model on {request.args[4]} doc {request.args[3]} ({len(calibration.tried)} trial runs)"
+            )
+            return calibration
+        raise ValueError("no request could be prepared to calibrate the budget on (every image failed to decode)")
+
+    def _budget_fields(self, measured: dict) -> dict:
+        """The sample's ``ratio`` and ``budget`` (target, metric, the sample's cost over its unpruned cost)."""
+        target, metric = self.budget
+        pruned, baseline = measured["pruned"], measured.get("baseline")
+        cost = pruned[metric] if metric == "effective_visual_tokens" else pruned["flops"]["total"]
+        if baseline is not None:
+            unpruned = baseline[metric] if metric == "effective_visual_tokens" else baseline["flops"]["total"]
+        else:
+            unpruned = pruned["visual_tokens_before"] if metric == "effective_visual_tokens" else None
+        fraction = cost / unpruned if unpruned else None
+        return {
+            "ratio": self.calibration.ratio,
+            "budget": {"target": target, "metric": metric, "cost_fraction": fraction},
+        }
+
+    def _sample(self, request: Instance, position: int, warm: bool) -> dict:
+        _, _, _, doc_id, task, _ = request.args
         entry = {"task": task, "doc_id": doc_id, "rank": self.rank, "prediction": "", "failed": None}
         try:
-            settings, think_mode = self.family.settings(
-                task_settings(known_generation(task, self.family_name), gen_kwargs)
-            )
-            seed = zlib.crc32(f"{self.seed}/{task}/{doc_id}".encode())
-            images, truncated = decoded_visuals(lambda: doc_to_visual(self.task_dict[task][split][doc_id]))
+            context, images, truncated, settings, think_mode, seed = self._inputs(request)
             if truncated:
                 entry["truncated_image"] = True
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])
@@ -218,10 +286,20 @@ class PrunedDiffusionVLM(lmms):
             return entry
         entry |= storable(measured["pruned"])
         entry["baseline"] = storable(measured["baseline"]) if "baseline" in measured else None
+        if self.budget is not None:
+            entry |= self._budget_fields(measured)
         return entry
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         done = self.log.finished() if self.log else {}
+        if self.budget is not None and self.calibration is None:
+            ratio = self.calibrate(requests).ratio
+            logged = {entry["ratio"] for entry in done.values() if entry.get("ratio") is not None}
+            if logged - {ratio}:
+                raise ValueError(
+                    f"the log holds samples run at ratio {sorted(logged)}, but the budget calibrates to {ratio} now: "
+                    "the model, the first sample or its settings changed; start a new job directory"
+                )
         answers, warm = [], False
         for position, request in enumerate(tqdm(requests, desc="samples", unit="sample", dynamic_ncols=True)):
             _, _, _, doc_id, task, _ = request.args

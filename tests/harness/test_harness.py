@@ -109,10 +109,53 @@ def test_a_d3tom_job_merges_after_each_step_through_the_cli(tmp_path):
     assert "d3tom-r0.25" in result.stdout and "444 -> " in result.stdout
 
 
+def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
+    """``pruner=fastv budget=0.6``: FastV keeps the toy's 4-layer sequence whole through layer 2 of every step, so
+    its effective visual tokens are (2 + 2r)/4 of the unpruned model's whatever the answer: 0.6 needs r < 89/444. The
+    job calibrates on its first sample, runs every sample at that ratio, and says so in the log and the metrics;
+    resumed, it finds the same ratio."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", "pruner=fastv", "budget=0.6", "limit=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((job / "metrics.json").read_text())
+    ratio = metrics["ratio"]
+    assert 88 / 444 <= ratio < 89 / 444 and metrics["budget"]["ratio"] == ratio  # int(444 r) = 88 kept
+    assert (metrics["budget"]["target"], metrics["budget"]["metric"]) == (0.6, "effective_visual_tokens")
+    assert metrics["budget"]["calibrated_on"] == {"task": "redvtp_toy_docvqa", "doc_id": 0}
+    samples = lines(job / "samples.jsonl")
+    for s in samples:
+        assert s["ratio"] == ratio and s["visual_tokens_after"] == int(444 * ratio)
+        assert s["effective_visual_tokens"] / s["baseline"]["effective_visual_tokens"] <= 0.6
+        assert s["budget"] == {
+            "target": 0.6,
+            "metric": "effective_visual_tokens",
+            "cost_fraction": s["budget"]["cost_fraction"],
+        }
+        assert s["budget"]["cost_fraction"] == s["effective_visual_tokens"] / 444
+    assert metrics["budget"]["cost_fraction_mean"] <= 0.6 and metrics["budget"]["samples_over_budget"] == 0
+    assert (
+        "fastv-budget0.6" in result.stdout
+        and f"budget=0.6 by effective_visual_tokens: ratio {ratio:.4f}" in result.stdout
+    )
+
+    (job / "metrics.json").unlink()  # a resumed job calibrates again, finds the same ratio and keeps every sample
+    resumed = run(f"hydra.run.dir={job}", "pruner=fastv", "budget=0.6", "limit=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((job / "metrics.json").read_text())["ratio"] == ratio
+    assert [s["latency_s"] for s in lines(job / "samples.jsonl")] == [s["latency_s"] for s in samples]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["model=gpt5"], "Available options in 'model'"),
+        (["ratio=0.25", "budget=0.5"], "error: ratio and budget are exclusive: budget=0.5 picks the ratio"),
+        (["budget=1.5"], "budget is a fraction of the unpruned model's cost and must lie in (0, 1], got 1.5"),
+        (
+            ["budget=0.5", "budget_metric=latency"],
+            "budget_metric 'latency' is not one of effective_visual_tokens, flops",
+        ),
+        (["pruner=none", "budget=0.5"], "pruner=none (the unpruned model) has none"),
         (["task=vqav9"], "Available options in 'task'"),
         (["pruner=no_such_pruner"], "Available options in 'pruner'"),
         (["ratio=0"], "error: ratio is the fraction of visual tokens kept and must lie in (0, 1], got 0"),

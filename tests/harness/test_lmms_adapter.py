@@ -175,3 +175,18 @@ def test_pairing_is_opt_in_for_the_adapter(tiny_dir):
         pretrained=str(tiny_dir), dtype="float32", device="cpu", ratio=0.5, paired_baseline=True
     )
     assert plain.baseline is None and paired.baseline is not None and paired.baseline.name == "none"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"budget": 0.5, "ratio": 0.5}, "a ratio or a budget, not both"),
+        ({"budget": 0.5, "pruner": "none"}, "pruner=none"),
+        ({"budget": 2.0}, r"must lie in \(0, 1\], got 2.0"),
+    ],
+)
+def test_budget_model_args_are_checked_before_the_model_loads(arguments, message):
+    from redvtp_eval.harness.lmms_adapter import PrunedDiffusionVLM
+
+    with pytest.raises(ValueError, match=message):
+        PrunedDiffusionVLM(pretrained="/nowhere", device="cpu", **arguments)
