@@ -142,6 +142,12 @@ def _pair(pruned, unpruned, spec: str = "") -> str:
     return " / ".join(shown)
 
 
+def _sub_scores(job) -> dict:
+    """A job's sub-scores; none (None, or NaN once pandas has made the column numeric) for most tasks."""
+    values = job.get("sub_scores")
+    return values if isinstance(values, dict) else {}
+
+
 def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark and ratio: both sides' scores, the paired difference with its 95% bootstrap interval."""
     rows = []
@@ -169,8 +175,7 @@ def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
                     "Visual tokens": f"{job['visual_tokens_before']:.0f} → {job['visual_tokens_after']:.0f}",
                     "Unparseable (pruned / unpruned)": _pair(job.get("unparseable"), job.get("baseline_unparseable")),
                     "Sub-scores (pruned / unpruned)": "; ".join(
-                        f"{metric.split(',')[0]} {_pair(*values, '.1f')}"
-                        for metric, values in (job.get("sub_scores") or {}).items()
+                        f"{metric.split(',')[0]} {_pair(*values, '.1f')}" for metric, values in _sub_scores(job).items()
                     ),
                 }
             rows.append(row)
