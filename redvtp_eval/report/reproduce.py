@@ -49,17 +49,20 @@ def compose_job(overrides: list[str]):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def missing_inputs(experiment: str, overrides: list[str]) -> list[str]:
-    """One line per checkpoint or dataset of the grid that is not here, saying how to get it."""
+def missing_inputs(experiment: str, overrides: list[str], checked: set | None = None) -> list[str]:
+    """One line per checkpoint or dataset of the grid that is not here, saying how to get it; ``checked`` holds
+    the inputs already looked at (by another grid), which are skipped, and gains this grid's."""
     sweep = OmegaConf.to_container(compose_job([f"experiment={experiment}", *overrides]), resolve=False)
-    problems, checked, task_managers = [], set(), {}
+    problems, task_managers = [], {}
+    checked = set() if checked is None else checked
 
     def check_task(cfg) -> None:
         if cfg.task.offline not in task_managers:
             task_managers[cfg.task.offline] = task_manager_for(cfg)
         load_task(task_managers[cfg.task.offline], lmms_task_of(cfg)[0])
 
-    for model, task, *_ in sorted(grid(sweep), key=str):
+    for model, task in sorted({(model, task) for model, task, *_ in grid(sweep)} - checked):
+        checked.add((model, task))  # a pair's checks hold for every pruner and ratio
         cfg = compose_job([f"experiment={experiment}", *overrides, f"model={model}", f"task={task}"])
         try:
             check_family(cfg)
@@ -101,11 +104,8 @@ def main() -> None:
         where = [f"results_dir={args.sweeps_dir / experiment}"] if args.sweeps_dir else []
         return [f"experiment={experiment}", *args.overrides, *where]
 
-    problems = [
-        f"{experiment}: {problem}"
-        for experiment in experiments
-        for problem in missing_inputs(experiment, overrides_of(experiment)[1:])
-    ]
+    checked = set()  # an input two grids share is checked (and listed) once
+    problems = [problem for grid in experiments for problem in missing_inputs(grid, overrides_of(grid)[1:], checked)]
     if problems:
         print(f"error: {len(problems)} input(s) of the {', '.join(experiments)} grid(s) are missing:", file=sys.stderr)
         print("\n".join(f"- {problem}" for problem in problems), file=sys.stderr)
