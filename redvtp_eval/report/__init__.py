@@ -1,7 +1,8 @@
 """Report: finished (or partial) sweeps of jobs → tables, paired statistics, figures; the paper's grid.
 
 ``python -m redvtp_eval.report SWEEP_DIR`` (``report.py``): the sweep as one tidy table (``sweep.py``), the
-paper's tables (``tables.py``) with paired differences (``paired.py``), figures (``plots.py``); ``python -m
+paper's tables and the rivals table across pruners (``tables.py``) with paired differences (``paired.py``),
+figures (``plots.py``); ``python -m
 redvtp_eval.report.reproduce`` (``reproduce.py``, ``make reproduce-tables``) checks inputs, runs the grid and
 reports; ``paper_figures.py`` computes the paper's Figures 3 and 4 for ``notebooks/``.
 

@@ -13,9 +13,9 @@ The paper's tables, and the rivals table across pruners, from nothing but this r
    ``<out>/figures/<grid>``.
 
 Extra arguments are Hydra overrides for every job (``limit=8``, ``wandb.mode=disabled``,
-``hydra/launcher=slurm``…); ``results_dir=`` would put every grid into one directory, so it is refused in
-favour of ``--sweeps-dir``. The exit status is non-zero when a job of any grid failed, after the reports have
-shown which.
+``hydra/launcher=slurm``…); with more than one grid ``results_dir=`` would put them into one directory, so it
+is refused in favour of ``--sweeps-dir``. The exit status is non-zero when a job of any grid failed, after the
+reports have shown which.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job of the sweeps")
     args = parser.parse_args()
     experiments = args.grids or GRIDS["smoke" if args.smoke else "full"]
-    if any(override.split("=", 1)[0].lstrip("+") == "results_dir" for override in args.overrides):
+    moved = any(override.split("=", 1)[0].lstrip("+") == "results_dir" for override in args.overrides)
+    if moved and len(experiments) > 1:
         parser.exit(2, "error: results_dir= would put every grid in one directory; use --sweeps-dir DIR\n")
 
     def overrides_of(experiment: str) -> list[str]:
