@@ -59,10 +59,11 @@ check-lock: $(LOCK_VENV)/torch.txt
 	$(PIP_COMPILE) --output-file $(LOCK_VENV)/check.lock
 	diff -u $(LOCK) $(LOCK_VENV)/check.lock && echo "$(LOCK) agrees with pyproject.toml"
 
-# The paper's grid (LLaDA-V and LaViDa x ratios x six benchmarks), then results/tables and results/figures. SMOKE=1: the same
+# The paper's grid (LLaDA-V and LaViDa x ratios x six benchmarks) and the rivals grid (every pruner), then results/tables
+# and results/figures. GRIDS=paper_tables (or rivals): one of them. SMOKE=1: the same
 # pipeline on the toy model and the offline toy tasks (CPU, minutes). ARGS: Hydra overrides for every job.
 reproduce-tables: install
-	$(PY) -m redvtp_eval.report.reproduce $(if $(SMOKE),--smoke) $(ARGS)
+	$(PY) -m redvtp_eval.report.reproduce $(if $(SMOKE),--smoke) $(if $(GRIDS),--grids $(GRIDS)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) checkpoints/tiny-llada-v checkpoints/tiny-lavida-llada checkpoints/tiny-lavida-dream tasks/data

@@ -3,7 +3,9 @@
 Where it sits: the report calls :func:`paired_difference` once per job, on the per-sample scores of the
 job's two sides (``samples.jsonl``: ``score`` and ``baseline.score``). The 95% interval is a percentile
 bootstrap of the mean difference (scipy); lmms-eval's own paired t-test adds its p-value, so the two
-agree on what "paired" means with lmms-eval's ``--baseline`` comparison.
+agree on what "paired" means with lmms-eval's ``--baseline`` comparison. :func:`stratified_difference` does the
+same for a row of several benchmarks (the rivals table): the mean over benchmarks of each one's mean difference,
+every benchmark resampled on its own.
 """
 
 from __future__ import annotations
@@ -43,3 +45,31 @@ def paired_difference(pruned: list[float], unpruned: list[float], seed: int = 0)
         "ci_high": high,
         "p_value": None if math.isnan(p_value) else float(p_value),
     }
+
+
+def _mean_of_means(*samples, axis=-1):
+    return np.mean([sample.mean(axis=axis) for sample in samples], axis=0)
+
+
+def stratified_difference(groups: list[list[float]], seed: int = 0) -> dict:
+    """Mean over ``groups`` (one per benchmark) of each group's mean paired difference, with a 95% percentile
+    bootstrap that resamples every group within itself (a stratified bootstrap: each benchmark keeps its size and
+    its weight 1/len(groups)). For one group it is :func:`paired_difference`'s mean and interval."""
+    groups = [np.asarray(group, dtype=float) for group in groups]
+    if not groups or any(len(group) == 0 for group in groups):
+        return {"n": sum(map(len, groups)), "mean": None, "ci_low": None, "ci_high": None}
+    mean = float(_mean_of_means(*groups))
+    low = high = mean if all(len(group) > 1 for group in groups) else None
+    if low is not None and any(np.ptp(group) > 0 for group in groups):
+        interval = bootstrap(
+            tuple(groups),
+            _mean_of_means,
+            n_resamples=RESAMPLES,
+            batch=1000,  # bounds memory: 1000 resamples of the largest benchmark at a time
+            vectorized=True,
+            confidence_level=0.95,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return {"n": sum(map(len, groups)), "mean": mean, "ci_low": low, "ci_high": high}

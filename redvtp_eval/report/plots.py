@@ -1,8 +1,10 @@
-"""The figures a reader of a sweep wants: score vs ratio, speed-up vs ratio, and the accuracy–latency front.
+"""The figures a reader of a sweep wants: score vs ratio, speed-up vs ratio, and the accuracy–latency front;
+across pruners, the accuracy–FLOPs and accuracy–latency fronts.
 
 Where it sits: :mod:`redvtp_eval.report.report` calls :func:`draw_all` with the jobs of one model and pruner
-(from :func:`redvtp_eval.report.sweep.collect`) and the numbers of its paper table; only finished jobs are
-drawn, so a missing job is a gap in a line, never a point at zero.
+(from :func:`redvtp_eval.report.sweep.collect`) and the numbers of its paper table, and :func:`draw_rivals`
+with the numbers of one model's rivals table; only finished jobs are drawn, so a missing job is a gap in a
+line, never a point at zero.
 """
 
 from __future__ import annotations
@@ -71,14 +73,19 @@ def speedup_vs_ratio(jobs: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(figure, path)
 
 
-def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """The points no other point beats on both latency (lower) and score (higher), by latency."""
-    ordered = points.sort_values(["latency_s", "avg"], ascending=[True, False])
+def pareto_front(points: pd.DataFrame, cost: str = "latency_s", score: str = "avg") -> pd.DataFrame:
+    """The points no other point beats on both ``cost`` (lower) and ``score`` (higher), by cost.
+
+    A point is dominated when another costs no more and scores no less, one of the two strictly; of identical
+    points one stays. Sorted by cost (ties: best score first), a point is on the front when it scores more
+    than every cheaper one.
+    """
+    ordered = points.sort_values([cost, score], ascending=[True, False])
     front, best = [], -math.inf
     for _, point in ordered.iterrows():
-        if point["avg"] > best:
+        if point[score] > best:
             front.append(point)
-            best = point["avg"]
+            best = point[score]
     return pd.DataFrame(front)
 
 
@@ -90,7 +97,7 @@ def accuracy_latency(table: pd.DataFrame, title: str, path: Path) -> Path:
     for _, point in points.iterrows():
         axis.annotate(point["setting"], (point["latency_s"], point["avg"]), textcoords="offset points", xytext=(4, 4))
     if len(points):
-        front = pareto_front(points)
+        front = pareto_front(points, "latency_s", "avg")
         axis.step(front["latency_s"], front["avg"], where="post", color="tab:red", label="Pareto front")
         axis.legend()
     axis.set_xlabel("latency p50 (s, mean over benchmarks)")
@@ -105,3 +112,43 @@ def draw_all(jobs: pd.DataFrame, table: pd.DataFrame, title: str, stem: Path) ->
         speedup_vs_ratio(jobs, title, stem.with_name(f"{stem.name}-speedup.png")),
         accuracy_latency(table, title, stem.with_name(f"{stem.name}-pareto.png")),
     ]
+
+
+RIVALS_AXES = {
+    "flops": ("flops_pct", "FLOPs per sample (% of unpruned, geometric mean over benchmarks)"),
+    "latency": ("latency_s", "latency p50 (s, mean over benchmarks)"),
+}
+MARKERS = "osD^v<>pPX*h"
+
+
+def rivals_front(table: pd.DataFrame, kind: str, title: str, path: Path) -> Path:
+    """Average score against cost (``kind``: flops or latency) for every pruner and setting of one model's
+    :func:`~redvtp_eval.report.tables.rivals_table`: a marker and colour per pruner, the unpruned point, and
+    the front of non-dominated points over all of them. Rows with an empty cost or average are not drawn."""
+    cost, axis_label = RIVALS_AXES[kind]
+    points = table.dropna(subset=["avg", cost])
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    pruners = [name for name in dict.fromkeys(points["pruner"]) if name != "none"]
+    colours = plt.get_cmap("tab10")
+    for index, pruner in enumerate(pruners):
+        own = points[points["pruner"] == pruner]
+        marker, colour = MARKERS[index % len(MARKERS)], colours(index % 10)
+        axis.scatter(own[cost], own["avg"], marker=marker, color=colour, label=pruner)
+        for _, point in own.iterrows():
+            where = (point[cost], point["avg"])
+            axis.annotate(point["setting"], where, textcoords="offset points", xytext=(3, 3), fontsize=7)
+    unpruned = points[points["pruner"] == "none"]
+    axis.scatter(unpruned[cost], unpruned["avg"], marker="*", s=160, color="black", label="unpruned", zorder=3)
+    if len(points):
+        front = pareto_front(points, cost, "avg")
+        axis.step(front[cost], front["avg"], where="post", color="tab:red", linewidth=1, zorder=1)
+        axis.scatter(front[cost], front["avg"], s=150, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    axis.set_xlabel(axis_label)
+    axis.set_ylabel("average score (% of best)")
+    axis.set_title(title)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(figure, path)
+
+
+def draw_rivals(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    return [rivals_front(table, kind, title, stem.with_name(f"{stem.name}-{kind}.png")) for kind in RIVALS_AXES]

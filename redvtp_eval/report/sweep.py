@@ -11,7 +11,12 @@ figure from the result. A job is found by its ``config.yaml`` (written when it s
 Scores are also given in percent of the best score (``task.percent_scale``), so that benchmarks on
 different scales (MME's 2000 points, accuracies in [0, 1]) can be averaged. Paired differences are
 computed from the per-sample scores (``x100``: points of per-sample accuracy / ANLS; for MME that is
-per-question accuracy, not the perception total) by :func:`redvtp_eval.report.paired.paired_difference`.
+per-question accuracy, not the perception total) by :func:`redvtp_eval.report.paired.paired_difference`;
+``paired_differences_pts`` keeps them, one per paired sample, for intervals over several benchmarks
+(:func:`redvtp_eval.report.tables.rivals_table`). Cost per side, from ``metrics.json``: ``effective_visual_tokens``
+(visual tokens averaged over every layer of every forward) and ``flops`` (mean total FLOPs per sample, analytic
+model), empty for a job logged before they existed. ``budget`` is the job's ``budget`` key (visual tokens kept),
+None where its config has none or null.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import yaml
 from redvtp_eval.harness.samples_log import SamplesLog
 from redvtp_eval.report.paired import paired_difference
 
-AXES = ("model", "task", "pruner", "ratio")
+AXES = ("model", "task", "pruner", "ratio", "budget")
 PER_SAMPLE_POINTS = 100
 """Per-sample scores lie in [0, 1] (accuracy, ANLS); differences are reported in points, x100."""
 
@@ -36,12 +41,19 @@ def grid_ratio(pruner: str, ratio: float) -> float:
     return 1.0 if pruner == "none" else float(ratio)
 
 
+def grid_budget(pruner: str, budget) -> float | None:
+    """A job's ``budget`` (visual tokens kept; null: ``ratio`` decides); the unpruned model has none."""
+    return None if pruner == "none" or budget is None or budget in ("null", "None") else float(budget)
+
+
 def grid(composed: dict) -> set[tuple]:
-    """(model, task, pruner, ratio) of every job a composed multirun config (with its ``hydra`` node) asks for."""
+    """(model, task, pruner, ratio, budget) of every job a composed multirun config (with its ``hydra`` node) asks
+    for; ``budget`` is None where the config has none."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra = composed["hydra"]
-    axes = {key: [hydra["runtime"]["choices"][key]] for key in AXES[:3]} | {"ratio": [composed["ratio"]]}
+    axes = {key: [hydra["runtime"]["choices"][key]] for key in AXES[:3]}
+    axes |= {"ratio": [composed["ratio"]], "budget": [composed.get("budget")]}
     declared = [f"{key}={value}" for key, value in (hydra["sweeper"]["params"] or {}).items()]
     for override in OverridesParser.create().parse_overrides(declared + list(hydra["overrides"]["task"])):
         key = override.key_or_group
@@ -49,8 +61,8 @@ def grid(composed: dict) -> set[tuple]:
             values = override.sweep_string_iterator() if override.is_sweep_override() else None
             axes[key] = list(values) if values else [override.get_value_element_as_str()]
     return {
-        (model, task, pruner, grid_ratio(pruner, ratio))
-        for model, task, pruner, ratio in itertools.product(*(axes[key] for key in AXES))
+        (model, task, pruner, grid_ratio(pruner, ratio), grid_budget(pruner, budget))
+        for model, task, pruner, ratio, budget in itertools.product(*(axes[key] for key in AXES))
     }
 
 
@@ -97,6 +109,7 @@ def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
     paired = [(e["score"], e["baseline"]["score"]) for e in entries if e.get("baseline") and e.get("score") is not None]
     paired = [(a, b) for a, b in paired if b is not None]
     difference = paired_difference([a for a, _ in paired], [b for _, b in paired])
+    differences = [(a - b) * PER_SAMPLE_POINTS for a, b in paired]
     points = {
         key: None if difference[key] is None else difference[key] * PER_SAMPLE_POINTS
         for key in ("mean", "ci_low", "ci_high")
@@ -113,6 +126,7 @@ def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
         "paired_ci_low_pts": points["ci_low"],
         "paired_ci_high_pts": points["ci_high"],
         "paired_p_value": difference["p_value"],
+        "paired_differences_pts": differences,
         "latency_p50_s": pruned["latency_s"]["p50"],
         "latency_p90_s": pruned["latency_s"]["p90"],
         "latency_mean_s": pruned["latency_s"]["mean"],
@@ -125,6 +139,10 @@ def _numbers(metrics: dict, entries: list[dict], percent: float) -> dict:
         "first_step_p50_s": pruned["first_step_s"]["p50"],
         "visual_tokens_before": pruned["visual_tokens_before"],
         "visual_tokens_after": pruned["visual_tokens_after"],
+        "effective_visual_tokens": pruned.get("effective_visual_tokens"),
+        "baseline_effective_visual_tokens": unpruned.get("effective_visual_tokens"),
+        "flops": pruned.get("flops"),
+        "baseline_flops": unpruned.get("flops"),
         "peak_memory_gib": pruned["peak_memory_gib"],
         "unparseable": pruned.get("unparseable"),
         "baseline_unparseable": unpruned.get("unparseable"),
@@ -142,6 +160,7 @@ def job_row(job_dir: Path) -> dict:
         "task": config["task"]["name"],
         "pruner": pruner,
         "ratio": grid_ratio(pruner, config["ratio"]),
+        "budget": grid_budget(pruner, config.get("budget")),
         "metric": config["task"]["metric"],
         "percent_scale": config["task"].get("percent_scale", 1.0),
         "job_dir": str(job_dir),
@@ -162,7 +181,8 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     """One row per job: every job found in ``sweep_dir``, plus a ``missing`` row per grid cell never started."""
     rows = [job_row(job_dir) for job_dir in job_dirs(sweep_dir)]
     found = {tuple(row[key] for key in AXES) for row in rows}
-    rows += [dict(zip(AXES, key)) | {"status": "missing"} for key in sorted(expected_jobs(sweep_dir) - found)]
+    missing = sorted(expected_jobs(sweep_dir) - found, key=str)
+    rows += [dict(zip(AXES, key)) | {"status": "missing"} for key in missing]
     table = pd.DataFrame(rows)
     return table.sort_values(
         ["model", "pruner", "task", "ratio"], ascending=[True, True, True, False], ignore_index=True

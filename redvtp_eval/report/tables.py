@@ -10,6 +10,11 @@ same samples, alternating — then averaged over the benchmarks: points for scor
 and throughput, and the geometric mean of the per-benchmark speed-ups. The unpruned row pools the
 paired unpruned runs of all the jobs of a benchmark. A benchmark whose job is not ``done`` shows its
 status instead of a number, and the row's averages stay empty: a missing job is never a zero.
+
+Rivals table (:func:`rivals_table`): the same for every pruner of one model at once, rows pruner × setting
+(``r=<ratio>``, or ``b=<budget>`` for a job with a ``budget``), with what a matched-cost comparison needs:
+the paired change per sample with its stratified 95% interval, FLOPs relative to the unpruned model and the
+effective visual tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import math
 
 import pandas as pd
 
+from redvtp_eval.pruners import PRUNERS
+from redvtp_eval.report.paired import stratified_difference
 from redvtp_eval.report.sweep import SUB_SCORE
 
 BENCHMARKS = {
@@ -171,3 +178,151 @@ def paired_table(jobs: pd.DataFrame) -> pd.DataFrame:
                 }
             rows.append(row)
     return pd.DataFrame(rows).fillna("")
+
+
+RIVALS_COLUMNS = {
+    "avg": "Avg",
+    "delta_avg_pts": "Δ Avg (pts)",
+    "delta_per_sample": "Δ per sample (pts) [95% CI]",
+    "flops_pct": "FLOPs (% of unpruned)",
+    "effective_visual_tokens": "Effective visual tokens",
+    "latency_s": "Latency p50 (s)",
+    "tokens_per_s": "Tokens/s",
+}
+RIVALS_FORMATS = {
+    "avg": "{:.1f}",
+    "delta_avg_pts": "{:+.1f}",
+    "flops_pct": "{:.1f}",
+    "effective_visual_tokens": "{:.1f}",
+    "latency_s": "{:.3f}",
+    "tokens_per_s": "{:.1f}",
+}
+
+
+def pruner_order(pruners) -> list[str]:
+    """The registry's order (``redvtp_eval.pruners.PRUNERS``), then any other name alphabetically."""
+    known = [name for name in PRUNERS if name in set(pruners)]
+    return known + sorted(set(pruners) - set(known))
+
+
+def setting(job) -> str:
+    """A row's key: its budget (visual tokens kept) where the job has one, else its ratio."""
+    budget = job.get("budget")
+    return f"b={budget:g}" if budget is not None and not pd.isna(budget) else f"r={job['ratio']:g}"
+
+
+def _settings(frame: pd.DataFrame) -> list[str]:
+    """Ratio rows from the largest ratio down, then budget rows from the largest budget down."""
+    keys = {}
+    for _, job in frame.iterrows():
+        budget = job.get("budget")
+        has_budget = budget is not None and not pd.isna(budget)
+        keys[setting(job)] = (1, -budget) if has_budget else (0, -job["ratio"])
+    return sorted(keys, key=keys.get)
+
+
+def _ratio(value, reference) -> float:
+    """value / reference, empty where either is missing (a job logged before FLOPs were recorded)."""
+    return math.nan if value is None or reference is None or pd.isna(value) or pd.isna(reference) else value / reference
+
+
+def _differences(job) -> list[float]:
+    """A job's per-sample paired differences (none for a table read back from CSV, which leaves them out)."""
+    values = job.get("paired_differences_pts")
+    return [] if values is None or (isinstance(values, float) and math.isnan(values)) else list(values)
+
+
+def _interval(estimate: dict) -> str:
+    if estimate["mean"] is None:
+        return "—"
+    if estimate["ci_low"] is None:
+        return f"{estimate['mean']:+.1f}"
+    return f"{estimate['mean']:+.1f} [{estimate['ci_low']:+.1f}, {estimate['ci_high']:+.1f}]"
+
+
+def rivals_table(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(numbers, display) for the jobs of one model, every pruner: rows pruner × setting after the unpruned row.
+
+    Per row, over the benchmarks (each weighing the same): score in percent of the best and their average;
+    ``delta_avg_pts``, the mean of each job's score − its paired unpruned score; ``delta_per_sample_pts`` with
+    ``delta_ci_low_pts`` / ``delta_ci_high_pts``, the mean per-sample paired difference and its stratified 95%
+    bootstrap interval (:func:`~redvtp_eval.report.paired.stratified_difference`; per-sample accuracy / ANLS,
+    for MME per-question accuracy, so it equals ``delta_avg_pts`` where a score is its samples' mean);
+    ``flops_pct``, 100 × the geometric mean of each job's FLOPs / its unpruned FLOPs (both sides measured on
+    the same samples); ``effective_visual_tokens``, ``latency_s`` (p50) and ``tokens_per_s``, means over the
+    benchmarks. The unpruned row pools the paired unpruned runs of every job of the model, as
+    :func:`paper_table` does. A benchmark whose job is not ``done`` shows its status and empties the averages.
+    """
+    tasks = task_order(jobs["task"].unique())
+    done = jobs[jobs["status"] == "done"]
+    unpruned = {task: done[done["task"] == task] for task in tasks}
+
+    def pooled(column: str, combine: str = "mean") -> float:
+        if any(frame.empty for frame in unpruned.values()):
+            return math.nan
+        return _mean(getattr(frame[column], combine)() for frame in unpruned.values())
+
+    row = {task: _mean(frame["baseline_pct"]) if len(frame) else math.nan for task, frame in unpruned.items()}
+    row |= {
+        "avg": _mean(row[task] for task in tasks),
+        "delta_avg_pts": math.nan,
+        "delta_per_sample_pts": math.nan,
+        "delta_ci_low_pts": math.nan,
+        "delta_ci_high_pts": math.nan,
+        "flops_pct": 100.0 if not math.isnan(pooled("baseline_flops")) else math.nan,
+        "effective_visual_tokens": pooled("baseline_effective_visual_tokens"),
+        "latency_s": pooled("baseline_latency_p50_s", "median"),
+        "tokens_per_s": pooled("baseline_tokens_per_s"),
+    }
+    numbers = [{"pruner": "none", "setting": "unpruned", "ratio": 1.0, "budget": math.nan} | row]
+    display = [
+        {"pruner": "none", "setting": "unpruned"}
+        | {task: "—" if pd.isna(row[task]) else f"{row[task]:.1f}" for task in tasks}
+        | {"delta_per_sample": "—"}
+    ]
+
+    for pruner in pruner_order(jobs["pruner"].unique()):
+        of_pruner = jobs[jobs["pruner"] == pruner]
+        keys = [setting(job) for _, job in of_pruner.iterrows()]
+        for key in _settings(of_pruner):
+            at_setting = of_pruner[[k == key for k in keys]]
+            cells, shown = {}, {}
+            for task in tasks:
+                frame = at_setting[at_setting["task"] == task]
+                job = frame.iloc[0] if len(frame) else None
+                cells[task] = job if job is not None and job["status"] == "done" else None
+                shown[task] = (
+                    "missing" if job is None else f"{job['score_pct']:.1f}" if cells[task] is not None else _status(job)
+                )
+            finished = [job for job in cells.values() if job is not None]
+            complete = len(finished) == len(tasks)
+
+            def over(value, combine=_mean, finished=finished, complete=complete):
+                return combine(value(job) for job in finished) if complete else math.nan
+
+            per_sample = stratified_difference([_differences(job) for job in finished])
+            if not complete:
+                per_sample = {"mean": None, "ci_low": None, "ci_high": None}
+            first = at_setting.iloc[0]
+            row = {task: math.nan if job is None else job["score_pct"] for task, job in cells.items()}
+            row |= {
+                "avg": over(lambda job: job["score_pct"]),
+                "delta_avg_pts": over(lambda job: job["score_pct"] - job["baseline_pct"]),
+                "delta_per_sample_pts": math.nan if per_sample["mean"] is None else per_sample["mean"],
+                "delta_ci_low_pts": math.nan if per_sample["ci_low"] is None else per_sample["ci_low"],
+                "delta_ci_high_pts": math.nan if per_sample["ci_high"] is None else per_sample["ci_high"],
+                "flops_pct": 100 * over(lambda job: _ratio(job["flops"], job["baseline_flops"]), _geometric_mean),
+                "effective_visual_tokens": over(lambda job: job["effective_visual_tokens"]),
+                "latency_s": over(lambda job: job["latency_p50_s"]),
+                "tokens_per_s": over(lambda job: job["tokens_per_s"]),
+            }
+            budget = math.nan if first.get("budget") is None else first["budget"]
+            numbers.append({"pruner": pruner, "setting": key, "ratio": first["ratio"], "budget": budget} | row)
+            display.append({"pruner": pruner, "setting": key} | shown | {"delta_per_sample": _interval(per_sample)})
+
+    numbers = pd.DataFrame(numbers)
+    shown = pd.DataFrame(display)
+    for column, spec in RIVALS_FORMATS.items():
+        shown[column] = [("—" if pd.isna(value) else spec.format(value)) for value in numbers[column]]
+    headers = {"pruner": "Pruner", "setting": "Setting"} | {task: label(task) for task in tasks} | RIVALS_COLUMNS
+    return numbers, shown[list(headers)].rename(columns=headers)

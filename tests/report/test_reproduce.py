@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -14,23 +16,24 @@ import pytest
 
 from redvtp_eval.harness.job import FAILED
 from redvtp_eval.harness.tracking import build_report
-from redvtp_eval.report.paired import paired_difference
+from redvtp_eval.report.paired import paired_difference, stratified_difference
 from redvtp_eval.report.report import report
 from redvtp_eval.report.reproduce import missing_inputs
 
 TASKS = ("redvtp_toy_docvqa", "redvtp_toy_mcq")
 RATIOS = (1.0, 0.75, 0.5, 0.25)
+RIVALS, RIVAL_RATIOS = ("redvtp", "random", "fastv", "visionzip"), (0.5, 0.25)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke reproduction, as make reproduce-tables SMOKE=1 runs it, on 2 samples per job."""
+    """The smoke reproduction, as make reproduce-tables SMOKE=1 runs it (both grids), on 2 samples per job."""
     root = tmp_path_factory.mktemp("smoke")
     sweep, out = root / "smoke_tables", root / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "redvtp_eval.report.reproduce", "--smoke", "--out", str(out),
-         "limit=2", "warmup=0", "wandb.mode=disabled", f"results_dir={sweep}"],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "redvtp_eval.report.reproduce", "--smoke", "--out", str(out), "--sweeps-dir", str(root),
+         "limit=2", "warmup=0", "wandb.mode=disabled"],
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep, out, done.stdout
@@ -40,7 +43,7 @@ def samples_of(job_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(job_dir) / "samples.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow(reason="it checks the whole SMOKE=1 grid: 8 paired jobs of 64 samples, then the report")
+@pytest.mark.slow(reason="it checks the whole SMOKE=1 run: 8 + 16 paired jobs (2 samples each here), then the reports")
 def test_smoke_reproduction_writes_every_table_and_figure(smoke):
     sweep, out, stdout = smoke
     tables, figures = out / "tables" / "smoke_tables", out / "figures" / "smoke_tables"
@@ -51,7 +54,7 @@ def test_smoke_reproduction_writes_every_table_and_figure(smoke):
         f"toy-redvtp-{kind}.png" for kind in ("scores", "speedup", "pareto")
     }
     assert all(path.stat().st_size > 10_000 for path in figures.iterdir())
-    assert "smoke_tables: 8 done" in stdout
+    assert "smoke_tables: 8 done" in stdout and "smoke_rivals: 16 done" in stdout
     assert "W&B report skipped" not in stdout  # wandb disabled: no summary run, no message about a report
 
 
@@ -92,6 +95,59 @@ def test_tables_match_the_per_sample_logs(smoke):
     assert "\\_" in (out / "tables" / "smoke_tables" / "toy-redvtp.tex").read_text()  # task names escaped
 
 
+def test_the_rivals_table_and_fronts_match_the_per_sample_logs(smoke):
+    _, out, _ = smoke
+    tables, figures = out / "tables" / "smoke_rivals", out / "figures" / "smoke_rivals"
+    assert {f"toy-rivals.{kind}" for kind in ("md", "tex", "csv")} <= {path.name for path in tables.iterdir()}
+    fronts = [figures / f"toy-rivals-{kind}.png" for kind in ("flops", "latency")]
+    assert all(path.stat().st_size > 10_000 for path in fronts)
+
+    jobs = pd.read_csv(tables / "jobs.csv")
+    assert sorted(zip(jobs["pruner"], jobs["task"], jobs["ratio"])) == sorted(
+        (p, t, r) for p in RIVALS for t in TASKS for r in RIVAL_RATIOS
+    )
+    assert set(jobs["status"]) == {"done"} and jobs["budget"].isna().all()
+    logs = {}
+    for _, job in jobs.iterrows():
+        samples = logs[(job["pruner"], job["ratio"], job["task"])] = samples_of(job["job_dir"])
+        assert job["flops"] == pytest.approx(statistics.fmean(s["flops"]["total"] for s in samples))
+        assert job["baseline_flops"] == pytest.approx(
+            statistics.fmean(s["baseline"]["flops"]["total"] for s in samples)
+        )
+        assert job["effective_visual_tokens"] == pytest.approx(
+            statistics.fmean(s["effective_visual_tokens"] for s in samples)
+        )
+
+    table = pd.read_csv(tables / "toy-rivals.csv")
+    assert list(zip(table["pruner"], table["setting"])) == [("none", "unpruned")] + [
+        (p, f"r={r:g}") for p in RIVALS for r in RIVAL_RATIOS
+    ]
+    rows = table.set_index(["pruner", "setting"])
+    for pruner, ratio in itertools.product(RIVALS, RIVAL_RATIOS):
+        row, per_task = rows.loc[(pruner, f"r={ratio:g}")], [logs[(pruner, ratio, task)] for task in TASKS]
+        scores = [100 * statistics.fmean(s["score"] for s in samples) for samples in per_task]
+        assert [row[task] for task in TASKS] == pytest.approx(scores) and row["avg"] == pytest.approx(
+            statistics.fmean(scores)
+        )
+        flops = [
+            statistics.fmean(s["flops"]["total"] for s in samples)
+            / statistics.fmean(s["baseline"]["flops"]["total"] for s in samples)
+            for samples in per_task
+        ]
+        assert row["flops_pct"] == pytest.approx(100 * math.prod(flops) ** (1 / len(flops)))
+        assert row["effective_visual_tokens"] == pytest.approx(
+            statistics.fmean(statistics.fmean(s["effective_visual_tokens"] for s in samples) for samples in per_task)
+        )
+        differences = [[100 * (s["score"] - s["baseline"]["score"]) for s in samples] for samples in per_task]
+        interval = stratified_difference(differences)
+        assert row["delta_per_sample_pts"] == pytest.approx(interval["mean"])
+        assert (row["delta_ci_low_pts"], row["delta_ci_high_pts"]) == pytest.approx(
+            (interval["ci_low"], interval["ci_high"])
+        )
+    markdown = (tables / "toy-rivals.md").read_text()
+    assert "| visionzip " in markdown and "FLOPs (% of unpruned)" in markdown
+
+
 def test_a_missing_and_a_failed_job_show_as_such(smoke, tmp_path):
     sweep, _, _ = smoke
     partial = tmp_path / "partial"
@@ -124,7 +180,7 @@ def test_preflight_names_what_is_missing_and_how_to_get_it():
     problems = missing_inputs("smoke_tables", ["model.path=/nonexistent/toy"])
     assert len(problems) == 1
     assert problems[0].startswith("model toy: ") and "/nonexistent/toy" in problems[0]
-    assert missing_inputs("smoke_tables", []) == []
+    assert missing_inputs("smoke_tables", []) == missing_inputs("smoke_rivals", []) == []
 
 
 def test_the_online_wandb_report_is_built_from_the_tables():
