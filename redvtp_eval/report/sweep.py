@@ -15,8 +15,9 @@ per-question accuracy, not the perception total) by :func:`redvtp_eval.report.pa
 ``paired_differences_pts`` keeps them, one per paired sample, for intervals over several benchmarks
 (:func:`redvtp_eval.report.tables.rivals_table`). Cost per side, from ``metrics.json``: ``effective_visual_tokens``
 (visual tokens averaged over every layer of every forward) and ``flops`` (mean total FLOPs per sample, analytic
-model), empty for a job logged before they existed. ``budget`` is the job's ``budget`` key (visual tokens kept),
-None where its config has none or null.
+model), empty for a job logged before they existed. ``budget`` is the job's ``budget`` key (a fraction of the
+unpruned model's cost by its ``budget_metric``; :mod:`redvtp_eval.engine.budget`), None where its config has none
+or null; ``calibrated_ratio`` is the ratio a budget job ran at (the ratio itself otherwise).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def grid_ratio(pruner: str, ratio: float) -> float:
 
 
 def grid_budget(pruner: str, budget) -> float | None:
-    """A job's ``budget`` (visual tokens kept; null: ``ratio`` decides); the unpruned model has none."""
+    """A job's ``budget`` (a fraction of the unpruned cost; null: ``ratio`` decides); the unpruned model has none."""
     return None if pruner == "none" or budget is None or budget in ("null", "None") else float(budget)
 
 
@@ -169,7 +170,10 @@ def job_row(job_dir: Path) -> dict:
     entries = _logged(job_dir)
     if (job_dir / "metrics.json").exists():
         metrics = json.loads((job_dir / "metrics.json").read_text())
-        return row | {"status": "done"} | _numbers(metrics, entries, row["percent_scale"])
+        calibrated = metrics.get("ratio") if row["budget"] is not None else row["ratio"]
+        return (
+            row | {"status": "done", "calibrated_ratio": calibrated} | _numbers(metrics, entries, row["percent_scale"])
+        )
     if (job_dir / "failed.json").exists():
         row |= {"status": "failed", "error": json.loads((job_dir / "failed.json").read_text())["error"]}
     else:
