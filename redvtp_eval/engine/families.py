@@ -35,7 +35,9 @@ def _flag(value) -> bool:
 def llada_v_settings(gen_kwargs: dict) -> tuple[GenerationSettings, str | None]:
     """LLaDA-V's names (``gen_length``, ``steps`` or ``gen_steps``, ``block_length``, ``remasking``,
     ``temperature``, ``think_mode``, ``stopping_criteria``); absent, the official wrapper's 2/2/2.
-    ``<|eot_id|>`` always ends an answer."""
+    ``<|eot_id|>`` always ends an answer. Beyond the official wrapper: ``fast_dllm`` (``prefix``/``dual``),
+    ``refresh_every`` and ``confidence_threshold`` (Fast-dLLM's rule; not the ``threshold`` of LLaDA-V's own
+    Fast-dLLM hook, which is another rule)."""
     stops = gen_kwargs.get("stopping_criteria", [])
     stops = [stops] if isinstance(stops, str) else list(stops)
     settings = GenerationSettings(
@@ -45,8 +47,16 @@ def llada_v_settings(gen_kwargs: dict) -> tuple[GenerationSettings, str | None]:
         temperature=float(gen_kwargs.get("temperature", 0.0)),
         remasking=gen_kwargs.get("remasking", "low_confidence"),
         stop_strings=tuple(dict.fromkeys([*stops, END_OF_TURN])),
+        fast_dllm=gen_kwargs.get("fast_dllm", "none"),
+        refresh_every=_optional(gen_kwargs.get("refresh_every"), int),
+        threshold=_optional(gen_kwargs.get("confidence_threshold"), float),
     )
     return settings, gen_kwargs.get("think_mode")
+
+
+def _optional(value, kind):
+    """A gen_kwarg that may be absent or null (``None``/``null`` as lmms-eval passes it on)."""
+    return None if value is None or value in ("None", "null") else kind(value)
 
 
 LAVIDA_REMASKING = {"entrophy": "entropy"}

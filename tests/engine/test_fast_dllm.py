@@ -94,3 +94,22 @@ def test_parallel_decoding_composes_with_the_cache(tiny, prompt, mode):
     parallel = generate(tiny, prompt, replace(one_a_step, threshold=1.0))
     assert parallel.token_ids == fixed.token_ids
     assert parallel.record.step_forward == fixed.record.step_forward
+
+
+def test_llada_v_gen_kwargs_reach_the_cache_and_threshold_settings():
+    from redvtp_eval.engine.families import llada_v_settings
+
+    plain, _ = llada_v_settings({"gen_length": 32, "steps": 16, "block_length": 32})
+    assert (plain.fast_dllm, plain.refresh_every, plain.threshold) == ("none", None, None)
+    fast, _ = llada_v_settings(
+        {
+            "gen_length": 32,
+            "steps": 16,
+            "block_length": 8,
+            "fast_dllm": "dual",
+            "refresh_every": "2",
+            "confidence_threshold": "0.9",
+        }
+    )
+    assert (fast.fast_dllm, fast.refresh_every, fast.threshold) == ("dual", 2, 0.9)
+    assert llada_v_settings({"confidence_threshold": "None"})[0].threshold is None
