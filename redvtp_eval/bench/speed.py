@@ -48,6 +48,7 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
         + fields["visual_tokens_after"],
         "step_s": steps,
         "step_forward": [list(forward) for forward in run.value.record.step_forward],
+        "head_positions": statistics.fmean(f.logits for f in run.value.record.forwards if f.kind == "step"),
         "scoring_step_s": steps[scoring - 1] + fields["prune_s"] if len(steps) >= scoring else None,
         "after_prune_step_s": statistics.fmean(steps[scoring:]) if len(steps) > scoring else None,
     }
@@ -61,6 +62,7 @@ def _side(runs: list[dict]) -> dict:
         "visual_tokens_after",
         "sequence_length_before",
         "sequence_length_after",
+        "head_positions",
     )
     lengths = {key: runs[0][key] for key in counts}
     summary = {key: value for key, value in side(runs, None).items() if key != "score"}
@@ -82,6 +84,7 @@ def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
         "steps": settings.steps,
         "logit_positions": settings.gen_length,
         "prefix_cache": settings.prefix_cache,
+        "head_positions": pruned["head_positions"],
     }
     unpruned = generation_flops(config, length=before, length_after=before, **common)
     with_pruning = generation_flops(
@@ -93,7 +96,11 @@ def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
         **common,
     )
     step = partial(
-        denoising_step_flops, config.text, gen_length=settings.gen_length, prefix_cache=settings.prefix_cache
+        denoising_step_flops,
+        config.text,
+        gen_length=settings.gen_length,
+        prefix_cache=settings.prefix_cache,
+        head_positions=pruned["head_positions"],
     )
     return {
         "generation_flops_baseline": unpruned,

@@ -5,8 +5,8 @@ Where it sits: the speed benchmark divides its measured speed-up by the speed-up
 
 Counts are 2 × multiply-adds of the matrix products only; norms, softmax, RoPE, activations and the
 sampler's own work are left out. Language model, one step over L positions with logits at G positions
-(the sampler runs the LM head on the response only), per layer, with d the width, d_kv = kv heads ×
-head dim and m the MLP width:
+(the sampler runs the LM head on the positions the step may commit: the block's masked ones), per layer,
+with d the width, d_kv = kv heads × head dim and m the MLP width:
 
     q, k, v, o projections   2·L·d·(2·d + 2·d_kv)
     attention QKᵀ and AV     4·L·K·d             bidirectional: every row attends to all K keys (K = L uncached)
@@ -55,12 +55,16 @@ def step_flops(text: PretrainedConfig, length: int, logit_positions: int, keys: 
     return {**parts, "total": sum(parts.values())}
 
 
-def denoising_step_flops(text: PretrainedConfig, length: int, gen_length: int, prefix_cache: bool) -> dict[str, int]:
-    """One denoising step on a sequence of ``length`` positions (prompt + ``gen_length``), logits at the
-    response: the whole sequence, or with the prefix cache the response rows against all ``length`` keys."""
+def denoising_step_flops(
+    text: PretrainedConfig, length: int, gen_length: int, prefix_cache: bool, head_positions: float | None = None
+) -> dict[str, int]:
+    """One denoising step on a sequence of ``length`` positions (prompt + ``gen_length``): the whole sequence, or
+    with the prefix cache the response rows against all ``length`` keys; the LM head on ``head_positions``
+    (default: the response; the sampler runs it on the positions the step may commit)."""
+    head = gen_length if head_positions is None else head_positions
     if prefix_cache:
-        return step_flops(text, gen_length, gen_length, keys=length)
-    return step_flops(text, length, gen_length)
+        return step_flops(text, gen_length, head, keys=length)
+    return step_flops(text, length, head)
 
 
 def prefill_flops(text: PretrainedConfig, prompt_length: int) -> int:
@@ -94,12 +98,20 @@ def generation_flops(
     prune_after_step: int = 1,
     probe_rows: int = 0,
     prefix_cache: bool = False,
+    head_positions: float | None = None,
 ) -> int:
     """A whole generation: vision encoder, (``prefix_cache``: the prefill over the prompt,) ``prune_after_step``
     steps at ``length`` (the last with the probe's ``probe_rows``), the remaining steps at ``length_after``.
-    Lengths count prompt + response; the unpruned baseline has ``length_after == length``."""
+    Lengths count prompt + response; the unpruned baseline has ``length_after == length``. ``head_positions``:
+    the LM head's positions per step on average (default: the whole response, ``logit_positions``)."""
     full = min(prune_after_step, steps)
-    step = partial(denoising_step_flops, config.text, gen_length=logit_positions, prefix_cache=prefix_cache)
+    step = partial(
+        denoising_step_flops,
+        config.text,
+        gen_length=logit_positions,
+        prefix_cache=prefix_cache,
+        head_positions=head_positions,
+    )
     return (
         vision_flops(config, crops)
         + (prefill_flops(config.text, length - logit_positions) if prefix_cache else 0)

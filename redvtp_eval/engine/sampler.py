@@ -12,8 +12,9 @@ sequence (no KV cache), suppresses four special tokens at masked positions, take
 highest confidence (float64 softmax probability of x0, or uniform noise for ``random`` remasking).
 After a stop string appears, only positions before it may be committed, and the loop ends once they are.
 
-Two departures, both invisible in greedy outputs: logits are computed for the response positions only
-(the official code runs the LM head over the prompt too and ignores it), so random draws for
+Two departures, both invisible in greedy outputs: logits are computed only for the positions the step may
+commit — masked, in the current block, before a stop string (the official code runs the LM head and its
+float64 softmax over the whole sequence and ignores all but these) — so random draws for
 ``temperature > 0`` / ``random`` remasking use a different stream than the official code; and with several
 stop strings the earliest occurrence of any of them wins (the official loop can miss a later string's
 earlier occurrence once one was found).
@@ -737,28 +738,33 @@ def _generate(
                 cached_response=settings.gen_length - (w_hi - w_lo) if fast and not refresh else 0,
             )
 
+            # The positions this step may commit: masked, in the block, before a stop string. Only their logits are
+            # computed (the LM head and the float64 softmax over the vocabulary are per position, so the others'
+            # would be thrown away), in the window coordinates of the forward below.
+            end = min(hi, stop_at) if stop_at is not None else hi
+            candidates = masked[lo:end].nonzero().squeeze(1) + lo
+
             # Stage 2 runs inside this forward, through the hook.
             with timer("step"):
                 if step_cache is None:
                     embeds = torch.cat([sequence.embeds, model.embed(tokens)])
                     filling = PrefixCache() if refresh else None
-                    logits = model.logits(embeds, sequence.positions, sequence.response, hook=hook, cache=filling)
+                    at = sequence.prompt_length + candidates
+                    logits = model.logits(embeds, sequence.positions, at, hook=hook, cache=filling)
                     if filling is not None:
                         fast_cache = _block_cache(filling, sequence.prompt_length, lo, hi, settings)
                     record.step_forward.append((len(embeds), len(embeds)))
                 else:
                     window = sequence.positions[sequence.prompt_length + w_lo : sequence.prompt_length + w_hi]
-                    at = torch.arange(w_hi - w_lo, device=device)
+                    at = candidates - w_lo
                     logits = model.logits(model.embed(tokens[w_lo:w_hi]), window, at, hook=hook, cache=step_cache)
                     record.step_forward.append((w_hi - w_lo, step_cache.length + w_hi - w_lo))
-                logits[:, suppressed] = torch.where(masked[w_lo:w_hi, None], float("-inf"), logits[:, suppressed])
+                logits[:, suppressed] = float("-inf")  # every candidate is masked
                 x0 = tokens.clone()
-                x0[w_lo:w_hi] = _gumbel_argmax(logits, settings.temperature, generator)
-                in_window = _confidence(logits, x0[w_lo:w_hi], settings.remasking, generator)
-                confidence = torch.full((settings.gen_length,), float("-inf"), dtype=in_window.dtype, device=device)
-                confidence[w_lo:w_hi] = in_window
-                confidence[(stop_at if stop_at is not None else hi) :] = float("-inf")
-                confidence = torch.where(masked, confidence, float("-inf"))
+                x0[candidates] = _gumbel_argmax(logits, settings.temperature, generator)
+                scored = _confidence(logits, x0[candidates], settings.remasking, generator)
+                confidence = torch.full((settings.gen_length,), float("-inf"), dtype=scored.dtype, device=device)
+                confidence[candidates] = scored
                 if settings.threshold is None:
                     count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
                 else:
@@ -771,7 +777,7 @@ def _generate(
                         stop_at = found
             record.step_seconds.append(timer.seconds.pop("step"))
             record.unmasked_per_step.append(count)
-            record.forwards.append(ForwardShape("step", hook.layers, w_hi - w_lo, hook.probed))
+            record.forwards.append(ForwardShape("step", hook.layers, len(candidates), hook.probed))
 
             if hook.kept_after:
                 with timer("prune"):

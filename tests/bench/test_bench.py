@@ -249,7 +249,8 @@ def test_baseline_and_pruned_alternate_with_every_list_kept(tiny_report):
 def test_ideal_speedup_is_the_flop_models(tiny_report):
     report, _ = tiny_report
     config = LladaVConfig.from_dict(report["architecture"], "sdpa")
-    common = dict(crops=2, steps=2, logit_positions=2)
+    # 2 tokens in 2 steps: the LM head runs on the 2 masked positions, then on the 1 left (1.5 a step)
+    common = dict(crops=2, steps=2, logit_positions=2, head_positions=1.5)
     for row in report["speed"]:
         before, after = row["sequence_length"]
         baseline = generation_flops(config, length=before, length_after=before, **common)
@@ -323,15 +324,16 @@ def test_cached_runs_forward_only_the_response_after_the_prefill(cached_lavida_r
 def test_cached_ideal_speedup_is_the_flop_models_with_the_prefill(cached_lavida_report):
     report, _ = cached_lavida_report
     config = TINY_FAMILIES["lavida_llada"].network_config(report["architecture"], "sdpa")
-    common = dict(crops=5, steps=16, logit_positions=32, prefix_cache=True)
+    # 32 tokens in 16 steps, 2 a step: the LM head runs on 32, 30, …, 2 masked positions, 17 a step
+    common = dict(crops=5, steps=16, logit_positions=32, prefix_cache=True, head_positions=17)
     for row in report["speed"]:
         before, after = row["sequence_length"]
         baseline = generation_flops(config, length=before, length_after=before, **common)
         pruned = generation_flops(config, length=before, length_after=after, probe_rows=32, **common)
         assert row["ideal"]["speedup"] == pytest.approx(baseline / pruned)
-        step = denoising_step_flops(config.text, before, 32, True)["total"]
+        step = denoising_step_flops(config.text, before, 32, True, head_positions=17)["total"]
         assert row["ideal"]["step_speedup"] == pytest.approx(
-            step / denoising_step_flops(config.text, after, 32, True)["total"]
+            step / denoising_step_flops(config.text, after, 32, True, head_positions=17)["total"]
         )
 
 

@@ -175,14 +175,15 @@ def test_threshold_zero_fills_each_block_in_one_step(tiny):
 
 
 def test_threshold_commits_exactly_the_confident_positions(tiny, monkeypatch):
-    """With confidences fixed by hand, each step commits those at or above the threshold (at least one)."""
+    """With confidences fixed by hand for the positions each step may commit (the masked ones, in order), each
+    step commits those at or above the threshold, and at least one."""
     from redvtp_eval.engine import sampler
 
-    sequence = iter([[0.95, 0.2, 0.91, 0.1], [0.3, 0.5, 0.0, 0.4], [0.0, 0.6, 0.0, 0.9]])
+    sequence = iter([[0.95, 0.2, 0.91, 0.1], [0.5, 0.4], [0.9]])
 
     def confidence(logits, x0, remasking, generator):
-        values = torch.full((len(logits),), 0.0, dtype=torch.float64)
-        values[:4] = torch.tensor(next(sequence), dtype=torch.float64)
+        values = torch.tensor(next(sequence), dtype=torch.float64)
+        assert len(values) == len(logits)
         return values
 
     monkeypatch.setattr(sampler, "_confidence", confidence)
