@@ -65,6 +65,8 @@ SAMPLE_ERRORS = (
     TokenOutsideVocabularyError,
 )
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
+REGION_COLUMN = "answer_box"
+"""The document column (pixel box: left, top, right, bottom) that says where the answer is drawn (toy tasks)."""
 
 
 @cache
@@ -179,8 +181,10 @@ class PrunedDiffusionVLM(lmms):
         think_mode: str | None,
         pruner: Pruner,
         seed: int,
+        region: list[torch.Tensor] | None = None,
     ) -> dict:
-        """One end-to-end generation (prompt + vision encoder + denoising), timed on the device."""
+        """One end-to-end generation (prompt + vision encoder + denoising), timed on the device; ``region``: the
+        answer region per image, for a pruner that is told (oracles)."""
         generator = torch.Generator(self.device).manual_seed(seed)
         run = measure(
             self.device,
@@ -190,6 +194,7 @@ class PrunedDiffusionVLM(lmms):
                 settings,
                 pruner,
                 generator,
+                region,
             ),
         )
         return generation_fields(run, settings, self.model.config)
@@ -205,20 +210,32 @@ class PrunedDiffusionVLM(lmms):
             images, truncated = decoded_visuals(lambda: doc_to_visual(self.task_dict[task][split][doc_id]))
             if truncated:
                 entry["truncated_image"] = True
+            region = self._region(self.task_dict[task][split][doc_id], images) if self.pruner.needs_region else None
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])
             if not warm:
                 for _ in range(self.warmup):
                     for _, pruner in runs:
-                        self._timed(context, images, settings, think_mode, pruner, seed)
+                        self._timed(context, images, settings, think_mode, pruner, seed, region)
             measured = {}
             for name, pruner in runs if position % 2 == 0 else runs[::-1]:
-                measured[name] = self._timed(context, images, settings, think_mode, pruner, seed)
+                measured[name] = self._timed(context, images, settings, think_mode, pruner, seed, region)
         except SAMPLE_ERRORS as error:
             entry["failed"] = f"{type(error).__name__}: {error}"
             return entry
         entry |= storable(measured["pruned"])
         entry["baseline"] = storable(measured["baseline"]) if "baseline" in measured else None
         return entry
+
+    def _region(self, doc: dict, images: list) -> list[torch.Tensor]:
+        """The answer region of a one-image document with an ``answer_box`` column (the toy tasks), as a mask
+        over the image's visual tokens (the model's AnyRes token layout)."""
+        box = doc.get(REGION_COLUMN)
+        if box is None or len(images) != 1:
+            raise ValueError(
+                f"pruner {self.pruner.name!r} needs each document's {REGION_COLUMN!r} on one image, which this "
+                "task's documents lack; run it on task=redvtp_toy_docvqa or task=redvtp_toy_mcq"
+            )
+        return [self.model.answer_region(images[0], tuple(box))]
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         done = self.log.finished() if self.log else {}
