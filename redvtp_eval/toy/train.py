@@ -44,7 +44,7 @@ SLICE = 16
 """The tests check the shipped model against its recorded scores on the first SLICE held-out samples."""
 SIZES = {
     "toy": {
-        "hidden_size": 128,
+        "hidden_size": 96,
         "intermediate_size": 256,
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
@@ -95,7 +95,7 @@ class Batches:
 
     The samples of a batch share one page size and one wording, so their prompts stack without padding;
     both are drawn per batch, so the response's position varies over training. With probability ``thin``
-    a batch keeps only a fraction r ~ U(0.05, 0.9) of each page's visual tokens — the answer region's and
+    a batch keeps only a fraction r ~ U(0.05, 0.7) of each page's visual tokens — the answer region's and
     others drawn at random, in their order, positions renumbered — as a pruner before the LM would: the
     response's position then varies further, and the model learns to answer from whatever survives when
     the answer does; it never sees a page whose answer was dropped."""
@@ -124,7 +124,7 @@ class Batches:
         runtime, generation = self.runtime, self.generation[name]
         shape = random.Random(f"shape/{self.seed}/{self.drawn}")
         page, wording = shape.choice(PAGES), shape.randrange(len(QUESTIONS))
-        keep = shape.uniform(0.05, 0.9) if shape.random() < self.thin else None
+        keep = shape.uniform(0.05, 0.7) if shape.random() < self.thin else None
         thinning = torch.Generator().manual_seed(shape.randrange(2**31))
         samples = [sample_at(self.seed, self.drawn + index, page, wording) for index in range(size)]
         self.drawn += size
