@@ -1,6 +1,6 @@
 """Train a small LLaDA-V on the toy task, so that accuracy means something without the real weights.
 
-    python -m redvtp_eval.toy.train checkpoints/toy-llada-v              # the shipped model (2 CPU cores)
+    python -m redvtp_eval.toy.train checkpoints/toy-llada-v --steps 800 --lr 3e-3 --thin 0.7 --eval-every 200  # shipped
     python -m redvtp_eval.toy.train /tmp/micro --size micro --steps 20   # a smoke run
 
 Where it sits: it writes a checkpoint that ``load_llada_v`` reads like any other (same classes,
@@ -273,13 +273,16 @@ def write_card(out_dir: Path, command: str, args: argparse.Namespace, report: di
         f"# Toy LLaDA-V ({args.size})",
         "",
         "A small LLaDA-V (same classes, loader, tokenizer construction, chat template and prompts as the real",
-        "model) trained from scratch on the toy task of `redvtp_eval/harness/toy_task.py`: name the colour of the one",
-        "small box on a page. It exists so that accuracy under pruning means something on a machine without",
-        "the real weights. Its numbers say nothing about LLaDA-V itself.",
+        "model) trained from scratch on the toy task of `redvtp_eval/harness/toy_task.py` (generator version "
+        f"{GENERATOR_VERSION}):",
+        "read the three stripe colours of the one coloured tag (one 16-px cell) among three to seven grey ones, on",
+        "pages of eight sizes. It exists so that accuracy under pruning means something, and depends on which",
+        "visual tokens a pruner keeps, on a machine without the real weights. Its numbers say nothing about",
+        "LLaDA-V itself.",
         "",
         f"- command: `{command}`",
         f"- seed: {args.seed}; generator version: {GENERATOR_VERSION}; steps: {args.steps}; "
-        f"batch size: {args.batch_size}; lr: {args.lr}",
+        f"batch size: {args.batch_size}; lr: {args.lr}; thinned batches: {args.thin}; threads: {args.threads}",
         f"- training time: {report['training_seconds']:.0f} s on {env['device']} ({env['cpu_threads']} threads), "
         f"torch {env['libraries']['torch']}, Python {platform.python_version()}, commit {env['commit']}"
         + (" plus uncommitted changes" if env["dirty"] else ""),
