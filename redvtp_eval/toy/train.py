@@ -200,10 +200,12 @@ def train(
     thin: float = 0.0,
     eval_every: int = 0,
     eval_during: int = 8,
+    stop_after: int | None = None,
 ) -> dict:
     """Train and save; ``thin``: see :class:`Batches`. Every ``eval_every`` steps (0: never) score the first
     ``eval_during`` held-out samples of each form into ``eval_log.jsonl`` (monitoring only: nothing is chosen
-    by it) and save the checkpoint so far, which the end of training overwrites."""
+    by it) and save the checkpoint so far, which the end of training overwrites. ``stop_after``: run only the
+    first steps of the ``steps``-step schedule (the learning rate still follows ``steps``)."""
     torch.manual_seed(seed)
     raw = toy_config(size)
     runtime = LladaV(LladaVNetwork(LladaVConfig.from_dict(raw, "sdpa")), build_tokenizer())
@@ -222,7 +224,7 @@ def train(
     eval_path.write_text("")
     config = {**raw, "redvtp_eval_toy": {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION}}
     started = time.perf_counter()
-    for step in range(steps):
+    for step in range(min(steps, stop_after or steps)):
         name = list(TASKS)[step % len(TASKS)]
         prompt, response = batches(name, batch_size)
         loss = diffusion_loss(runtime, prompt, response, generator)
@@ -309,6 +311,7 @@ def main() -> None:
     parser.add_argument("--thin", type=float, default=0.5, help="fraction of batches with visual tokens thinned")
     parser.add_argument("--eval-every", type=int, default=0, help="score a few held-out samples every N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = train(
@@ -321,6 +324,7 @@ def main() -> None:
         args.eval_size,
         args.thin,
         args.eval_every,
+        stop_after=args.stop_after,
     )
     write_card(args.out_dir, "python -m redvtp_eval.toy.train " + " ".join(sys.argv[1:]), args, report)
     print(json.dumps(report, indent=2))
