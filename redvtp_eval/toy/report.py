@@ -1,16 +1,17 @@
 """The toy model's report: every pruner of the registry on the held-out toy tasks, written to ``results/toy/``.
 
-    python -m redvtp_eval -m model=toy task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=oracle \\
-        ratio=0.75,0.5,0.25,0.1 limit=32 results_dir=results/runs/toy-report wandb.mode=disabled
-    python -m redvtp_eval -m model=toy task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=anti_oracle \\
-        ratio=0.9 limit=32 results_dir=results/runs/toy-report wandb.mode=disabled
-    python -m redvtp_eval -m model=toy task=redvtp_toy_docvqa,redvtp_toy_mcq \\
-        pruner=random,redvtp,pooling,divprune,fastv,llada_fastv,pdrop,dart,d3tom,visionzip,sparsevlm \\
-        ratio=0.25 limit=16 results_dir=results/runs/toy-report wandb.mode=disabled
+    S="model=toy limit=16 results_dir=results/runs/toy-report wandb.mode=disabled"
+    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=oracle ratio=0.1,0.25,0.5,0.75
+    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=anti_oracle ratio=0.9
+    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=random ratio=0.25
+    python -m redvtp_eval -m $S task=redvtp_toy_docvqa pruner=redvtp ratio=0.5          # the default job's setting
+    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq ratio=0.25 paired_baseline=false \
+        pruner=redvtp,pooling,divprune,fastv,llada_fastv,pdrop,dart,d3tom,visionzip,sparsevlm
     python -m redvtp_eval.toy.report results/runs/toy-report
 
-Where it sits: after sweeps of ``python -m redvtp_eval`` (paired jobs: every ``metrics.json`` holds the pruned
-and the unpruned score of the same samples, with latency, steps run and tokens kept), it adds the chance
+Where it sits: after sweeps of ``python -m redvtp_eval`` (paired jobs: a ``metrics.json`` holds the pruned and
+the unpruned score of the same samples, with latency, steps run and tokens kept; the rivals' sweep runs unpaired
+to fit the CPU budget, against the unpruned score of the paired jobs on the same samples), it adds the chance
 level of each form, the issue-15 acceptance checks, the fraction of the answer region's visual tokens each
 pruner keeps (``toy.analysis``, on the first ``--region-samples`` held-out free-answer samples) and the
 training loss curve, and writes ``results.json``, ``README.md`` and ``loss.png``.
