@@ -39,6 +39,7 @@ from redvtp_eval.harness.summary import format_table, summarize
 from redvtp_eval.harness.tracking import wandb_run
 from redvtp_eval.models.checkpoint import resolve_checkpoint
 from redvtp_eval.models.make_tiny import make_tiny
+from redvtp_eval.pruners import PRUNERS
 from redvtp_eval.pruners.base import check_ratio
 
 RUN_ONLY_KEYS = ("wandb",)
@@ -187,15 +188,15 @@ def lmms_task_of(cfg: DictConfig) -> tuple[str, str | None]:
     )
 
 
-def load_task(task_manager, name: str) -> None:
-    """Load the task's data now, so that a missing dataset fails before any model is loaded."""
+def load_task(task_manager, name: str):
+    """Load the task's data now, so that a missing dataset fails before any model is loaded; returns the task."""
     from lmms_eval.tasks import get_task_dict
     from lmms_eval.utils import load_yaml_config
 
     if name not in task_manager.all_tasks:
         raise JobError(f"lmms-eval has no task {name!r}")
     try:
-        get_task_dict([name], task_manager)
+        return get_task_dict([name], task_manager)[name]
     except Exception as error:
         source = load_yaml_config(task_manager.task_index[name]["yaml_path"], mode="simple")
         dataset = source.get("dataset_path", "?")
@@ -205,6 +206,22 @@ def load_task(task_manager, name: str) -> None:
             f"{dataset}` (or `lmms-eval --model dummy --tasks {name}` to fill the datasets cache), then copy "
             f"the cache here. ({type(error).__name__}: {error})"
         ) from None
+
+
+def check_region(cfg: DictConfig, task) -> None:
+    """A pruner that is told where the answer is (``needs_region``: oracle, anti_oracle) runs only on a task whose
+    documents say it (an ``answer_box`` column, the toy tasks); refused before the model loads."""
+    from redvtp_eval.harness.lmms_adapter import REGION_COLUMN
+
+    if not PRUNERS[cfg.pruner.name].needs_region:
+        return
+    docs = task.eval_docs
+    columns = getattr(docs, "column_names", None) or (list(docs[0]) if len(docs) else [])
+    if REGION_COLUMN not in columns:
+        raise JobError(
+            f"pruner {cfg.pruner.name!r} needs each sample's answer region, but the documents of task "
+            f"{cfg.task.name} have no {REGION_COLUMN!r} column; run it on task=redvtp_toy_docvqa or task=redvtp_toy_mcq"
+        )
 
 
 def launch_rank() -> tuple[int, int, int]:
@@ -334,7 +351,7 @@ def _run(
     name, note = lmms_task_of(cfg)
     if note and rank == 0:
         print(note)
-    load_task(task_manager, name)
+    check_region(cfg, load_task(task_manager, name))
     if rank == 0:
         dump(job_dir / "environment.json", environment(cfg.model.device))
 

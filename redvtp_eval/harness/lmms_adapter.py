@@ -75,6 +75,8 @@ SAMPLE_ERRORS = (
     TokenOutsideVocabularyError,
 )
 """What makes one sample unusable (an image that does not decode, a prompt too long): recorded, the run goes on."""
+REGION_COLUMN = "answer_box"
+"""The document column (pixel box: left, top, right, bottom) that says where the answer is drawn (toy tasks)."""
 
 
 @cache
@@ -207,8 +209,10 @@ class PrunedDiffusionVLM(lmms):
         think_mode: str | None,
         pruner: Pruner,
         seed: int,
+        region: list[torch.Tensor] | None = None,
     ) -> dict:
-        """One end-to-end generation (prompt + vision encoder + denoising), timed on the device."""
+        """One end-to-end generation (prompt + vision encoder + denoising), timed on the device; ``region``: the
+        answer region per image, for a pruner that is told (oracles)."""
         generator = torch.Generator(self.device).manual_seed(seed)
         run = measure(
             self.device,
@@ -218,6 +222,7 @@ class PrunedDiffusionVLM(lmms):
                 settings,
                 pruner,
                 generator,
+                region,
             ),
         )
         return generation_fields(run, settings, self.model.config)
@@ -267,20 +272,21 @@ class PrunedDiffusionVLM(lmms):
         }
 
     def _sample(self, request: Instance, position: int, warm: bool) -> dict:
-        _, _, _, doc_id, task, _ = request.args
+        _, _, _, doc_id, task, split = request.args
         entry = {"task": task, "doc_id": doc_id, "rank": self.rank, "prediction": "", "failed": None}
         try:
             context, images, truncated, settings, think_mode, seed = self._inputs(request)
             if truncated:
                 entry["truncated_image"] = True
+            region = self._region(self.task_dict[task][split][doc_id], images) if self.pruner.needs_region else None
             runs = [("pruned", self.pruner)] + ([("baseline", self.baseline)] if self.baseline else [])
             if not warm:
                 for _ in range(self.warmup):
                     for _, pruner in runs:
-                        self._timed(context, images, settings, think_mode, pruner, seed)
+                        self._timed(context, images, settings, think_mode, pruner, seed, region)
             measured = {}
             for name, pruner in runs if position % 2 == 0 else runs[::-1]:
-                measured[name] = self._timed(context, images, settings, think_mode, pruner, seed)
+                measured[name] = self._timed(context, images, settings, think_mode, pruner, seed, region)
         except SAMPLE_ERRORS as error:
             entry["failed"] = f"{type(error).__name__}: {error}"
             return entry
@@ -289,6 +295,17 @@ class PrunedDiffusionVLM(lmms):
         if self.budget is not None:
             entry |= self._budget_fields(measured)
         return entry
+
+    def _region(self, doc: dict, images: list) -> list[torch.Tensor]:
+        """The answer region of a one-image document with an ``answer_box`` column (the toy tasks), as a mask
+        over the image's visual tokens (the model's AnyRes token layout)."""
+        box = doc.get(REGION_COLUMN)
+        if box is None or len(images) != 1:
+            raise ValueError(
+                f"pruner {self.pruner.name!r} needs each document's {REGION_COLUMN!r} on one image, which this "
+                "task's documents lack; run it on task=redvtp_toy_docvqa or task=redvtp_toy_mcq"
+            )
+        return [self.model.answer_region(images[0], tuple(box))]
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         done = self.log.finished() if self.log else {}

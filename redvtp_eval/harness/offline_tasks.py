@@ -5,8 +5,10 @@
 Where it sits: the lmms-eval task YAMLs in ``tasks/`` score these with lmms-eval's own code:
 ``redvtp_toy_docvqa`` like DocVQA (ANLS), ``redvtp_toy_mcq`` like AI2D (option letter). Images are PNG
 bytes decoded by the task's ``doc_to_visual``, so an undecodable image reaches the model adapter, which
-records the sample as failed. ``answer_box`` keeps where the answer is drawn, for the analysis of which
-visual tokens a pruner keeps. ``task_prompt`` gives the exact text lmms-eval will send, for training.
+records the sample as failed. ``answer_box`` keeps where the answer is drawn: the adapter maps it to visual
+tokens (``LladaV.answer_region``) for the pruners that are told (``needs_region``: oracle, anti_oracle), and the
+analysis of which visual tokens a pruner keeps uses it too. ``task_prompt`` gives the exact text lmms-eval
+will send, for training.
 """
 
 from __future__ import annotations

@@ -180,3 +180,13 @@ def token_boxes(
             boxes.append((max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)))
         boxes.append(None)
     return boxes
+
+
+def region_mask(boxes: list[Box | None], region: Box) -> Tensor:
+    """Which tokens (of :func:`token_boxes`) cover part of ``region`` (left, top, right, bottom, in pixels):
+    a boolean mask, True where the token's box and the region overlap with positive area."""
+    left, top, right, bottom = region
+    return torch.tensor(
+        [box is not None and box[0] < right and left < box[2] and box[1] < bottom and top < box[3] for box in boxes],
+        dtype=torch.bool,
+    )

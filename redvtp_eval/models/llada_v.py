@@ -419,6 +419,17 @@ class LladaV:
         zero = torch.zeros(1, dtype=torch.float32, device=received.device)
         return [block[:, 0] for block in self.visual_blocks(received.float()[..., None], layout, newline=zero)]
 
+    def answer_region(self, image: Image.Image, box: tuple[float, float, float, float]) -> Tensor:
+        """(N,) boolean mask of the visual tokens of a one-image prompt that cover ``box`` (pixels of ``image``):
+        what the oracle pruners are told (``generate(..., region=[mask])``)."""
+        if self.config.crop_pool_stride:
+            raise NotImplementedError("answer regions follow the unpooled AnyRes layout of LLaDA-V only")
+        vision = self.config.vision
+        boxes = anyres.token_boxes(
+            image.size, self.config.image_grid_pinpoints, vision.image_size, vision.patch_size, self.max_crops
+        )
+        return anyres.region_mask(boxes, box).to(self.device)
+
     def visual_grids(self, blocks: list[Tensor], layout: CropLayout) -> list[list[tuple[int, int, int, int]]]:
         """Per image, (first token, rows, columns, row stride) of each 2-D grid in its block of visual tokens."""
         if layout.grid is None:

@@ -1,6 +1,6 @@
 """Train a small LLaDA-V on the toy task, so that accuracy means something without the real weights.
 
-    python -m redvtp_eval.toy.train checkpoints/toy-llada-v              # the shipped model (2 CPU cores)
+    python -m redvtp_eval.toy.train checkpoints/toy-llada-v --steps 800 --lr 3e-3 --thin 0.7 --eval-every 200  # shipped
     python -m redvtp_eval.toy.train /tmp/micro --size micro --steps 20   # a smoke run
 
 Where it sits: it writes a checkpoint that ``load_llada_v`` reads like any other (same classes,
@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from redvtp_eval.engine.families import llada_v_settings
 from redvtp_eval.engine.sampler import generate
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.harness.offline_tasks import TASKS, held_out, task_generation, task_prompt
-from redvtp_eval.harness.toy_task import GENERATOR_VERSION, ToySample, sample_at
+from redvtp_eval.harness.toy_task import GENERATOR_VERSION, PAGES, QUESTIONS, ToySample, sample_at
 from redvtp_eval.models.llada_v import LladaV, LladaVConfig, LladaVNetwork, load_llada_v
 from redvtp_eval.models.make_tiny import TINY_CONFIG, build_tokenizer, save_checkpoint
 
@@ -43,7 +44,7 @@ SLICE = 16
 """The tests check the shipped model against its recorded scores on the first SLICE held-out samples."""
 SIZES = {
     "toy": {
-        "hidden_size": 128,
+        "hidden_size": 96,
         "intermediate_size": 256,
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
@@ -54,6 +55,7 @@ SIZES = {
             "hidden_size": 96,
             "intermediate_size": 192,
             "num_attention_heads": 4,
+            "num_hidden_layers": 1,
         },
     },
     "micro": {
@@ -72,7 +74,9 @@ SIZES = {
     },
 }
 """Both keep LLaDA-V's layout and AnyRes rule with 192-px crops of 16-px patches (12×12 tokens per crop):
-a 384×384 page is a 2×2 grid, 144 + 24·25 = 744 visual tokens."""
+a 384×384 page is a 2×2 grid, 144 + 24·25 = 744 visual tokens. The toy's vision tower keeps one layer (as
+held, after the official removal of the last): enough for the pruners that read the tower's attention
+(VisionZip, SparseVLM), shallow enough that a tag's colours stay in its own tokens."""
 
 
 def toy_config(size: str) -> dict:
@@ -87,11 +91,19 @@ def toy_config(size: str) -> dict:
 
 
 class Batches:
-    """Training batches of one task form at a time, built through the model's own prompt path."""
+    """Training batches of one task form at a time, built through the model's own prompt path.
 
-    def __init__(self, runtime: LladaV, seed: int) -> None:
+    The samples of a batch share one page size and one wording, so their prompts stack without padding;
+    both are drawn per batch, so the response's position varies over training. With probability ``thin``
+    a batch keeps only a fraction r ~ U(0.05, 0.7) of each page's visual tokens — the answer region's and
+    others drawn at random, in their order, positions renumbered — as a pruner before the LM would: the
+    response's position then varies further, and the model learns to answer from whatever survives when
+    the answer does; it never sees a page whose answer was dropped."""
+
+    def __init__(self, runtime: LladaV, seed: int, thin: float = 0.0) -> None:
         self.runtime = runtime
         self.seed = seed
+        self.thin = thin
         self.drawn = 0
         self.end_of_turn = runtime.tokenizer.convert_tokens_to_ids("<|eot_id|>")
         self.generation = {name: task_generation(name) for name in TASKS}
@@ -100,10 +112,7 @@ class Batches:
         doc = (
             {"question": sample.question}
             if name == "redvtp_toy_docvqa"
-            else {
-                "question": sample.choice_question,
-                "options": sample.options,
-            }
+            else {"question": sample.choice_question, "options": sample.options}
         )
         return task_prompt(name, doc)
 
@@ -113,14 +122,24 @@ class Batches:
     def __call__(self, name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, d) prompt embeddings with gradients, and (B, G) response token ids."""
         runtime, generation = self.runtime, self.generation[name]
-        samples = [sample_at(self.seed, self.drawn + index) for index in range(size)]
+        shape = random.Random(f"shape/{self.seed}/{self.drawn}")
+        page, wording = shape.choice(PAGES), shape.randrange(len(QUESTIONS))
+        keep = shape.uniform(0.05, 0.7) if shape.random() < self.thin else None
+        thinning = torch.Generator().manual_seed(shape.randrange(2**31))
+        samples = [sample_at(self.seed, self.drawn + index, page, wording) for index in range(size)]
         self.drawn += size
         crops = [runtime.image_crops([sample.image]) for sample in samples]
         features = runtime.network.encode_crops(torch.cat([pixels for pixels, _ in crops]))
         embeds, responses = [], []
         for sample, (_, layout), block in zip(samples, crops, features.split([lay.crops for _, lay in crops])):
             ids = runtime.prompt_ids(self.prompt(name, sample), 1, generation["think_mode"])
-            embeds.append(runtime.splice(ids, runtime.visual_blocks(block, layout))[0])
+            (visual,) = runtime.visual_blocks(block, layout)
+            if keep is not None:
+                region = runtime.answer_region(sample.image, sample.answer_box)
+                order = torch.randperm(len(visual), generator=thinning)
+                ranked = order[torch.argsort((~region[order]).int(), stable=True)]
+                visual = visual[ranked[: max(1, int(len(visual) * keep))].sort().values]
+            embeds.append(runtime.splice(ids, [visual])[0])
             answer = runtime.encode_text(self.answer(name, sample))
             responses.append(answer + [self.end_of_turn] * (generation["gen_length"] - len(answer)))
         return torch.stack(embeds), torch.tensor(responses)
@@ -170,12 +189,28 @@ def held_out_values(runtime: LladaV, size: int) -> dict[str, list[float]]:
     return scores
 
 
-def train(out_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed: int, eval_size: int) -> dict:
+def train(
+    out_dir: Path,
+    size: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    eval_size: int,
+    thin: float = 0.0,
+    eval_every: int = 0,
+    eval_during: int = 8,
+    stop_after: int | None = None,
+) -> dict:
+    """Train and save; ``thin``: see :class:`Batches`. Every ``eval_every`` steps (0: never) score the first
+    ``eval_during`` held-out samples of each form into ``eval_log.jsonl`` (monitoring only: nothing is chosen
+    by it) and save the checkpoint so far, which the end of training overwrites. ``stop_after``: run only the
+    first steps of the ``steps``-step schedule (the learning rate still follows ``steps``)."""
     torch.manual_seed(seed)
     raw = toy_config(size)
     runtime = LladaV(LladaVNetwork(LladaVConfig.from_dict(raw, "sdpa")), build_tokenizer())
     network = runtime.network.train()
-    batches = Batches(runtime, seed)
+    batches = Batches(runtime, seed, thin)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -185,8 +220,11 @@ def train(out_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
     log_path.write_text("")
+    eval_path = out_dir / "eval_log.jsonl"
+    eval_path.write_text("")
+    config = {**raw, "redvtp_eval_toy": {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION}}
     started = time.perf_counter()
-    for step in range(steps):
+    for step in range(min(steps, stop_after or steps)):
         name = list(TASKS)[step % len(TASKS)]
         prompt, response = batches(name, batch_size)
         loss = diffusion_loss(runtime, prompt, response, generator)
@@ -208,9 +246,16 @@ def train(out_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed
             print(
                 f"step {step + 1:>5}/{steps}  {name:<18} loss {entry['loss']:.4f}  {entry['seconds']:.0f}s", flush=True
             )
+        if eval_every and (step + 1) % eval_every == 0:
+            network.eval()
+            scores = held_out_scores(runtime, eval_during)
+            save_checkpoint(network, config, out_dir)
+            network.train()
+            with eval_path.open("a") as handle:
+                handle.write(json.dumps({"step": step + 1, "samples": eval_during, "held_out": scores}) + "\n")
+            print(f"step {step + 1:>5}  held-out ({eval_during} each): {json.dumps(scores)}", flush=True)
     training_seconds = time.perf_counter() - started
     network.eval()
-    config = {**raw, "redvtp_eval_toy": {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION}}
     save_checkpoint(network, config, out_dir)
     values = held_out_values(load_llada_v(out_dir, dtype="float32"), eval_size)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -230,13 +275,16 @@ def write_card(out_dir: Path, command: str, args: argparse.Namespace, report: di
         f"# Toy LLaDA-V ({args.size})",
         "",
         "A small LLaDA-V (same classes, loader, tokenizer construction, chat template and prompts as the real",
-        "model) trained from scratch on the toy task of `redvtp_eval/harness/toy_task.py`: name the colour of the one",
-        "small box on a page. It exists so that accuracy under pruning means something on a machine without",
-        "the real weights. Its numbers say nothing about LLaDA-V itself.",
+        "model) trained from scratch on the toy task of `redvtp_eval/harness/toy_task.py` (generator version "
+        f"{GENERATOR_VERSION}):",
+        "read the three stripe colours of the one coloured tag (one 16-px cell) among three to seven grey ones, on",
+        "pages of eight sizes. It exists so that accuracy under pruning means something, and depends on which",
+        "visual tokens a pruner keeps, on a machine without the real weights. Its numbers say nothing about",
+        "LLaDA-V itself.",
         "",
         f"- command: `{command}`",
         f"- seed: {args.seed}; generator version: {GENERATOR_VERSION}; steps: {args.steps}; "
-        f"batch size: {args.batch_size}; lr: {args.lr}",
+        f"batch size: {args.batch_size}; lr: {args.lr}; thinned batches: {args.thin}; threads: {args.threads}",
         f"- training time: {report['training_seconds']:.0f} s on {env['device']} ({env['cpu_threads']} threads), "
         f"torch {env['libraries']['torch']}, Python {platform.python_version()}, commit {env['commit']}"
         + (" plus uncommitted changes" if env["dirty"] else ""),
@@ -260,8 +308,24 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-size", type=int, default=64)
+    parser.add_argument("--thin", type=float, default=0.5, help="fraction of batches with visual tokens thinned")
+    parser.add_argument("--eval-every", type=int, default=0, help="score a few held-out samples every N steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     args = parser.parse_args()
-    report = train(args.out_dir, args.size, args.steps, args.batch_size, args.lr, args.seed, args.eval_size)
+    torch.set_num_threads(args.threads)
+    report = train(
+        args.out_dir,
+        args.size,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.eval_size,
+        args.thin,
+        args.eval_every,
+        stop_after=args.stop_after,
+    )
     write_card(args.out_dir, "python -m redvtp_eval.toy.train " + " ".join(sys.argv[1:]), args, report)
     print(json.dumps(report, indent=2))
 

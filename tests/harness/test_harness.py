@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import toy_visual_tokens
 from omegaconf import OmegaConf
 
 QUICK = [
@@ -44,9 +45,10 @@ def test_default_job_writes_its_directory_then_is_skipped(tmp_path):
     samples = lines(job / "samples.jsonl")
     assert [s["doc_id"] for s in samples] == [0, 1]
     assert all(s["target"] and s["score"] is not None and s["baseline"]["score"] is not None for s in samples)
-    assert all(s["visual_tokens_before"] == 444 and s["visual_tokens_after"] == 222 for s in samples)
-    for s in samples:  # the cost of each side by the one FLOP model: pruning after step 1 saves LM work only
-        assert s["baseline"]["effective_visual_tokens"] == 444 and 222 < s["effective_visual_tokens"] < 444
+    tokens = [toy_visual_tokens("redvtp_toy_docvqa", s["doc_id"]) for s in samples]
+    assert [(s["visual_tokens_before"], s["visual_tokens_after"]) for s in samples] == [(n, n // 2) for n in tokens]
+    for s, n in zip(samples, tokens):  # the cost of each side by the one FLOP model: pruning after step 1 saves LM work
+        assert s["baseline"]["effective_visual_tokens"] == n and n // 2 < s["effective_visual_tokens"] < n
         assert s["flops"]["vision"] == s["baseline"]["flops"]["vision"] > 0
         assert s["flops"]["language_model"] < s["baseline"]["flops"]["language_model"]
         assert s["flops"]["total"] == s["flops"]["vision"] + s["flops"]["language_model"]
@@ -94,19 +96,21 @@ def test_a_sweep_over_two_ratios(tmp_path):
     for metrics_file in tmp_path.rglob("metrics.json"):
         metrics = json.loads(metrics_file.read_text())
         kept[metrics["ratio"]] = metrics["pruned"]["visual_tokens_after"]
-    assert kept == {1.0: 444, 0.25: 111}
+    tokens = toy_visual_tokens("redvtp_toy_docvqa", 0)
+    assert kept == {1.0: tokens, 0.25: int(tokens * 0.25)}
 
 
 def test_a_d3tom_job_merges_after_each_step_through_the_cli(tmp_path):
-    """``pruner=d3tom ratio=0.25`` on the toy model, 4 planned steps: after step k of the window 1..3 a page of 444
-    keeps int(444·0.25^(k/3)) (279, 176, then 111); a sample whose stop string ends it early merges less."""
+    """``pruner=d3tom ratio=0.25`` on the toy model, 4 planned steps: after step k of the window 1..3 a page of N
+    visual tokens keeps int(N·0.25^(k/3)); a sample whose stop string ends it early merges less."""
     job = tmp_path / "job"
     result = run(f"hydra.run.dir={job}", "pruner=d3tom", "ratio=0.25", "limit=1")
     assert result.returncode == 0, result.stderr[-3000:]
     (sample,) = lines(job / "samples.jsonl")
-    assert sample["failed"] is None and sample["visual_tokens_before"] == 444
-    assert sample["visual_tokens_after"] == [444, 279, 176, 111][min(sample["steps"], 3)]
-    assert "d3tom-r0.25" in result.stdout and "444 -> " in result.stdout
+    n = toy_visual_tokens("redvtp_toy_docvqa", 0)
+    assert sample["failed"] is None and sample["visual_tokens_before"] == n
+    assert sample["visual_tokens_after"] == [n, *(int(n * 0.25 ** (k / 3)) for k in (1, 2, 3))][min(sample["steps"], 3)]
+    assert "d3tom-r0.25" in result.stdout and f"{n} -> " in result.stdout
 
 
 def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
@@ -204,14 +208,24 @@ def test_a_job_that_raises_leaves_failed_json_and_no_metrics(tmp_path, monkeypat
 
 
 def test_a_lavida_job_runs_end_to_end(tmp_path):
-    """The tiny LaViDa-LLaDA (random weights: its answers are noise) through the same job as LLaDA-V. A 384×192
-    toy page takes the 1×2 pinpoint: 196 pooled base tokens + 8 un-padded rows of 14 tiles and a newline."""
+    """The tiny LaViDa-LLaDA (random weights: its answers are noise) through the same job as LLaDA-V, with
+    LaViDa's own tiling of the toy pages (counted here by the model itself)."""
     job = tmp_path / "job"
     result = run(f"hydra.run.dir={job}", "model=tiny_lavida_llada", f"model.path={tmp_path / 'tiny'}", "limit=2")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = lines(job / "samples.jsonl")
-    assert [s["visual_tokens_before"] for s in samples] == [196 + 8 * 15] * 2
-    assert all(s["visual_tokens_after"] == 158 and s["baseline"]["visual_tokens_after"] == 316 for s in samples)
+    from redvtp_eval.engine.families import FAMILIES
+    from redvtp_eval.harness.offline_tasks import held_out
+
+    model = FAMILIES["lavida_llada"].load(tmp_path / "tiny", dtype="float32")
+    tokens = []
+    for s in samples:
+        (start, end), *_ = model.prepare("?", [held_out("redvtp_toy_docvqa", s["doc_id"]).image]).visual_spans
+        tokens.append(end - start)
+    assert [s["visual_tokens_before"] for s in samples] == tokens
+    assert [(s["visual_tokens_after"], s["baseline"]["visual_tokens_after"]) for s in samples] == [
+        (n // 2, n) for n in tokens
+    ]
     config = (job / "config.yaml").read_text()
     assert "family: lavida_llada" in config and "step_ratio: 0.5" in config
     metrics = json.loads((job / "metrics.json").read_text())
@@ -221,31 +235,32 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     ("pruner", "options", "kept"),
     [
-        ("visionzip", [], 111),
-        ("sparsevlm", [], 111),
-        ("sparsevlm", ["pruner.layers=[1,3]", "pruner.ratios=[0.5]"], 111),
-        ("divprune", [], 111),
-        ("fastv", [], 111),
-        ("llada_fastv", [], 111),
-        ("dart", [], 111),
-        ("pooling", [], 114),
-        ("pdrop", [], 6),
+        ("visionzip", [], 75),
+        ("sparsevlm", [], 75),
+        ("sparsevlm", ["pruner.layers=[1,3]", "pruner.ratios=[0.5]"], 75),
+        ("divprune", [], 75),
+        ("fastv", [], 75),
+        ("llada_fastv", [], 75),
+        ("dart", [], 75),
+        ("pooling", [], 78),
+        ("pdrop", [], 4),
     ],
 )
 def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options, kept):
-    """The toy model's 444 visual tokens through the command line at r = 0.25: int(444 · 0.25) = 111 remain
-    (VisionZip before the LM, with the tower attention the adapter asks the model for; SparseVLM after its last
-    layer of step 1; FastV, LLaDA-FastV and DART after their layer of step 1). Pooling averages each 2-D grid
-    2×2 (stride round(1/√r)): the 12×12 base view to 36 and the 12 tile rows of 24 to 6 rows of 12 plus their
-    newlines, 114. PDrop drops at each of its stages by r: 444 → 111 → 27 → 6. Null options (``layers: null``)
+    """Held-out page 0 (192×192: a 12×12 base view and one tile of 12 rows of 12 plus a newline, 300 visual tokens)
+    through the command line at r = 0.25: int(300 · 0.25) = 75 remain (VisionZip before the LM, with the tower
+    attention the adapter asks the model for; SparseVLM after its last layer of step 1; FastV, LLaDA-FastV and DART
+    after their layer of step 1). Pooling averages each 2-D grid 2×2 (stride round(1/√r)): 36 + 6 rows of 6 plus
+    their newlines, 78. PDrop drops at each of its stages by r: 300 → 75 → 18 → 4. Null options (``layers: null``)
     reach the pruner as its default, lists as lists."""
+    assert toy_visual_tokens("redvtp_toy_docvqa", 0) == 300
     job = tmp_path / "job"
     result = run(f"hydra.run.dir={job}", f"pruner={pruner}", "ratio=0.25", "limit=1", *options)
     assert result.returncode == 0, result.stderr[-3000:]
     (sample,) = lines(job / "samples.jsonl")
-    assert sample["failed"] is None and sample["visual_tokens_before"] == 444 and sample["visual_tokens_after"] == kept
-    assert kept <= sample["effective_visual_tokens"] < 444
-    assert sample["baseline"]["visual_tokens_after"] == 444
+    assert sample["failed"] is None and sample["visual_tokens_before"] == 300 and sample["visual_tokens_after"] == kept
+    assert kept <= sample["effective_visual_tokens"] < 300
+    assert sample["baseline"]["visual_tokens_after"] == 300
     assert json.loads((job / "metrics.json").read_text())["failed"] == 0
 
 

@@ -146,6 +146,20 @@ def test_a_custom_task_without_its_name_is_refused_before_anything_loads(tmp_pat
         job.run_job(cfg, tmp_path / "job")
 
 
+def test_an_oracle_on_a_task_without_answer_regions_is_refused_before_loading(tmp_path, user_tasks, monkeypatch):
+    from redvtp_eval.harness import lmms_adapter
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(lmms_adapter.PrunedDiffusionVLM, "__init__", load)
+    for name in ("oracle", "anti_oracle"):
+        task = ["task=custom", f"task.include_path={user_tasks}", "task.lmms_task=standin_docvqa"]
+        cfg = compose_job(tmp_path, *task, f"pruner={name}")
+        with pytest.raises(job.JobError, match=f"pruner '{name}' needs each sample's answer region.*no 'answer_box'"):
+            job.run_job(cfg, tmp_path / name)
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every connection attempt is recorded and refused; no judge credentials."""
