@@ -48,9 +48,15 @@ SUMMARY_COLUMNS = {
 }
 
 
+def in_order(names, known) -> list[str]:
+    """``names`` in the order of ``known``, then any other name alphabetically."""
+    listed = [name for name in known if name in set(names)]
+    return listed + sorted(set(names) - set(listed))
+
+
 def task_order(tasks) -> list[str]:
-    known = [task for task in BENCHMARKS if task in set(tasks)]
-    return known + sorted(set(tasks) - set(known))
+    """The paper's column order (:data:`BENCHMARKS`), then other tasks by name."""
+    return in_order(tasks, BENCHMARKS)
 
 
 def label(task: str) -> str:
@@ -201,8 +207,7 @@ RIVALS_FORMATS = {
 
 def pruner_order(pruners) -> list[str]:
     """The registry's order (``redvtp_eval.pruners.PRUNERS``), then any other name alphabetically."""
-    known = [name for name in PRUNERS if name in set(pruners)]
-    return known + sorted(set(pruners) - set(known))
+    return in_order(pruners, PRUNERS)
 
 
 def setting(job) -> str:
