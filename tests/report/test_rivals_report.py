@@ -205,6 +205,13 @@ def test_the_rivals_grid_is_every_pruner_but_the_oracles_on_the_six_benchmarks()
     pruners = set(PRUNERS) - {"none", "oracle", "anti_oracle"}
     expected = itertools.product(("llada_v", "lavida_llada"), BENCHMARKS, pruners, (0.75, 0.5, 0.25), (None,))
     assert grid(composed) == set(expected)
+    # at matched cost: the sweep's ratio axis replaced by budgets (the ratio stays the config's, unused)
+    by_budget = compose_job(
+        ["experiment=rivals", "~hydra.sweeper.params.ratio", '+hydra.sweeper.params.budget="0.5,0.25"']
+    )
+    assert grid(by_budget) == set(
+        itertools.product(("llada_v", "lavida_llada"), BENCHMARKS, pruners, (0.5,), (0.5, 0.25))
+    )
 
     smoke = compose_job(["experiment=smoke_rivals"])
     assert smoke.limit == 8 and smoke.results_dir == "results/sweeps/smoke_rivals"
