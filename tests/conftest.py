@@ -43,3 +43,22 @@ def lavida_models(lavida_dirs) -> dict:
         )
         for family, path in lavida_dirs.items()
     }
+
+
+DEEP_LAYERS = 4
+"""Depth of the tiny LLaDA-V the rival pruners are tested on: in-LM stages act after layers 1..3."""
+
+
+@pytest.fixture(scope="session")
+def deep_dir(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny4"), seed=0, layers=DEEP_LAYERS)
+
+
+@pytest.fixture(scope="session")
+def deep(deep_dir):
+    return load_llada_v(deep_dir, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def deep_eager(deep_dir):
+    return load_llada_v(deep_dir, dtype="float32", attn_implementation="eager")

@@ -81,6 +81,20 @@ def _status(row: pd.Series) -> str:
     return row["status"]
 
 
+def _row_cells(frames: dict) -> tuple[dict, dict, list, bool]:
+    """One table row's cells from each task's jobs: (task → the done job or None, task → what the cell shows —
+    the score, ``missing`` or the job's status —, the done jobs, whether every task is done)."""
+    cells, shown = {}, {}
+    for task, frame in frames.items():
+        job = frame.iloc[0] if len(frame) else None
+        cells[task] = job if job is not None and job["status"] == "done" else None
+        shown[task] = (
+            "missing" if job is None else f"{job['score_pct']:.1f}" if cells[task] is not None else _status(job)
+        )
+    finished = [job for job in cells.values() if job is not None]
+    return cells, shown, finished, len(finished) == len(frames)
+
+
 def paper_table(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numbers, display) for the jobs of one model and pruner; display cells name a job's status if not done."""
     tasks = task_order(jobs["task"].unique())
@@ -101,15 +115,7 @@ def paper_table(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     for ratio in sorted(jobs["ratio"].unique(), reverse=True):
         at_ratio = {task: jobs[(jobs["ratio"] == ratio) & (jobs["task"] == task)] for task in tasks}
-        cells, shown = {}, {}
-        for task, frame in at_ratio.items():
-            job = frame.iloc[0] if len(frame) else None
-            cells[task] = job if job is not None and job["status"] == "done" else None
-            shown[task] = (
-                "missing" if job is None else f"{job['score_pct']:.1f}" if cells[task] is not None else _status(job)
-            )
-        finished = [job for job in cells.values() if job is not None]
-        complete = len(finished) == len(tasks)
+        cells, shown, finished, complete = _row_cells(at_ratio)
 
         def over(value, combine=_mean):
             return combine(value(job) for job in finished) if complete else math.nan
@@ -291,16 +297,9 @@ def rivals_table(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         keys = [setting(job) for _, job in of_pruner.iterrows()]
         for key in _settings(of_pruner):
             at_setting = of_pruner[[k == key for k in keys]]
-            cells, shown = {}, {}
-            for task in tasks:
-                frame = at_setting[at_setting["task"] == task]
-                job = frame.iloc[0] if len(frame) else None
-                cells[task] = job if job is not None and job["status"] == "done" else None
-                shown[task] = (
-                    "missing" if job is None else f"{job['score_pct']:.1f}" if cells[task] is not None else _status(job)
-                )
-            finished = [job for job in cells.values() if job is not None]
-            complete = len(finished) == len(tasks)
+            cells, shown, finished, complete = _row_cells(
+                {task: at_setting[at_setting["task"] == task] for task in tasks}
+            )
 
             def over(value, combine=_mean, finished=finished, complete=complete):
                 return combine(value(job) for job in finished) if complete else math.nan

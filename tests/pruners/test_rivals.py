@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEEP_LAYERS
 from helpers import page
 
 from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.engine.sampler import GenerationSettings, generate
-from redvtp_eval.models.llada_v import load_llada_v
 from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import PruneContext, kept_count
@@ -21,22 +21,7 @@ from redvtp_eval.pruners.dart import dart_keep
 from redvtp_eval.pruners.divprune import max_min_diverse
 
 SETTINGS = GenerationSettings(8, 4, 8, stop_strings=())
-LAYERS = 4
-
-
-@pytest.fixture(scope="module")
-def deep_dir(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny4"), seed=0, layers=LAYERS)
-
-
-@pytest.fixture(scope="module")
-def deep(deep_dir):
-    return load_llada_v(deep_dir, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def deep_eager(deep_dir):
-    return load_llada_v(deep_dir, dtype="float32", attn_implementation="eager")
+LAYERS = DEEP_LAYERS
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,13 @@ import torch
 import torch.nn.functional as F
 from conftest import LAVIDA_FAMILIES
 from helpers import page
-from test_rivals import LAYERS, SETTINGS, Capture, layer_maps
+from test_rivals import SETTINGS, Capture, layer_maps
 
 from redvtp_eval.engine.sampler import GenerationSettings, generate
-from redvtp_eval.models.llada_v import load_llada_v
-from redvtp_eval.models.make_tiny import make_tiny
 from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import kept_count
 from redvtp_eval.pruners.sparsevlm import density_peak_clusters, recycled_count, sparsify, text_raters
 from redvtp_eval.pruners.visionzip import visionzip_reduce
-
-
-@pytest.fixture(scope="module")
-def deep_dir(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny4-vz"), seed=0, layers=LAYERS)
-
-
-@pytest.fixture(scope="module")
-def deep(deep_dir):
-    return load_llada_v(deep_dir, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def deep_eager(deep_dir):
-    return load_llada_v(deep_dir, dtype="float32", attn_implementation="eager")
-
 
 QUESTION = "What is the total?"
 
