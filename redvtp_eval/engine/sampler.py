@@ -408,6 +408,7 @@ class _LayerHook:
             masked=self.masked + self.prompt_length,
             hidden=hidden,
             attention=attention,
+            key_attention=attention.to_keys if attention is not None and self.pruner.in_lm_key_attention else None,
         )
 
     def probe(self, layer: int) -> AttentionProbe | None:
@@ -425,7 +426,17 @@ class _LayerHook:
                     "only the response positions are queried; choose response queries (queries=masked)"
                 )
             if queries is not None and len(queries):
-                probe = self.probes[layer + 1] = AttentionProbe(queries, _visual_positions(self.spans, queries.device))
+                keys = _visual_positions(self.spans, queries.device)
+                if self.pruner.in_lm_key_attention:
+                    if self.cache is not None:
+                        raise ValueError(
+                            f"{self.pruner.name}: attention to the text keys is probed only without the prefix cache "
+                            "(prefix_lm off)"
+                        )
+                    visual = torch.zeros(self.prompt_length + self.gen_length, dtype=torch.bool, device=keys.device)
+                    visual[keys] = True
+                    keys = torch.cat([keys, (~visual).nonzero().squeeze(1)])
+                probe = self.probes[layer + 1] = AttentionProbe(queries, keys)
         self.probed.append(len(probe.rows) if probe is not None else 0)
         return probe
 
@@ -433,7 +444,8 @@ class _LayerHook:
         count = layer + 1
         if count in self.acting:
             probe = self.probes.get(count)
-            attention = ProbedAttention(probe, self.prompt_length + self.gen_length) if probe is not None else None
+            length, visual = self.prompt_length + self.gen_length, self.prompt_length - self.text_tokens
+            attention = ProbedAttention(probe, length, visual) if probe is not None else None
             own = hidden if self.cache is None else None
             reduction = as_reduction(self.pruner.in_lm(self.context(count, own, attention)))
         elif count in self.replay:
@@ -551,21 +563,37 @@ class ProbedAttention:
 
     Query positions must be outside the visual spans: the sampler records every such row, so any query set
     can be asked for after the step has committed its tokens.
+
+    ``visual``: the probe's first columns that are the visual tokens; any columns after them are other key
+    positions (``probe.cols``), read by :meth:`to_keys` (the :class:`~redvtp_eval.pruners.base.KeyAttention`).
     """
 
-    def __init__(self, probe: AttentionProbe, sequence_length: int) -> None:
+    def __init__(self, probe: AttentionProbe, sequence_length: int, visual: int | None = None) -> None:
         self._mean = probe.mean()
-        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=probe.rows.device)
-        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=probe.rows.device)
+        self._visual = self._mean.shape[1] if visual is None else visual
+        device = probe.rows.device
+        self._row_of = torch.full((sequence_length,), -1, dtype=torch.long, device=device)
+        self._row_of[probe.rows] = torch.arange(len(probe.rows), device=device)
+        self._column_of = torch.full((sequence_length,), -1, dtype=torch.long, device=device)
+        self._column_of[probe.cols[self._visual :]] = torch.arange(self._visual, len(probe.cols), device=device)
 
-    def __call__(self, queries: Tensor) -> Tensor:
+    def _rows(self, queries: Tensor) -> Tensor:
         rows = self._row_of[queries]
         if (rows < 0).any():
             raise ValueError(
                 "no attention was recorded for some query positions: rows are the non-visual positions of the "
                 "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
             )
-        return self._mean[rows]
+        return rows
+
+    def __call__(self, queries: Tensor) -> Tensor:
+        return self._mean[self._rows(queries), : self._visual]
+
+    def to_keys(self, queries: Tensor, keys: Tensor) -> Tensor:
+        columns = self._column_of[keys]
+        if (columns < 0).any():
+            raise ValueError("no attention was recorded to some key positions: only the non-visual ones are probed")
+        return self._mean[self._rows(queries)][:, columns]
 
 
 @torch.no_grad()

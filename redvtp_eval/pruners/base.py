@@ -49,6 +49,16 @@ class VisualAttention(Protocol):
     def __call__(self, queries: Tensor) -> Tensor: ...
 
 
+class KeyAttention(Protocol):
+    """Attention (head-averaged, one layer) that query positions pay to chosen non-visual key positions.
+
+    Called with query positions and key positions (both of the forward's current sequence, outside the visual
+    spans), it returns one row per query and one column per key, normalised over *every* key of the forward.
+    """
+
+    def __call__(self, queries: Tensor, keys: Tensor) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class PruneContext:
     """The sequence as it stands after the step just run. Positions index the current sequence."""
@@ -139,6 +149,8 @@ class LayerContext:
     """(keys, d) output of layer ``layer``; None with the prefix cache (its step forward runs the response only)."""
     attention: VisualAttention | None = None
     """Attention of layer ``layer`` (head-averaged) from the rows :meth:`Pruner.layer_queries` asked for."""
+    key_attention: KeyAttention | None = None
+    """The same rows' attention to the non-visual keys; only for a pruner with ``in_lm_key_attention``."""
 
     def split_by_image(self, values: Tensor) -> list[Tensor]:
         return list(values.split([end - start for start, end in self.visual_spans], dim=-1))
@@ -149,20 +161,29 @@ class LayerContext:
         return [self.hidden[start:end] for start, end in self.visual_spans]
 
 
-LAYER_QUERIES = ("last_prompt", "masked", "response", "prompt")
-"""Query rows that stand in for an AR model's "last instruction token" inside a bidirectional forward:
-the prompt's last text token (the literal one), the response positions masked when the step began (RedVTP's
-choice), every response position, or every prompt text token."""
+LAYER_QUERIES = ("last_prompt", "masked", "response", "prompt", "after_image")
+"""Query rows that stand in for an AR model's "last instruction token" (or its instruction) inside a
+bidirectional forward: the prompt's last text token (the literal one), the response positions masked when the
+step began (RedVTP's choice), every response position, every prompt text token, or the prompt text after the
+last image (the instruction an AR method reads after the image). Parts join with ``+`` (``after_image+masked``)."""
 
 
 def layer_query_rows(context: LayerContext, queries: str) -> Tensor:
-    if queries == "last_prompt":
-        return context.prompt_text[-1:]
-    if queries == "masked":
-        return context.masked
-    if queries == "response":
-        return context.response
-    return context.prompt_text
+    parts = []
+    for part in queries.split("+"):
+        if part == "last_prompt":
+            parts.append(context.prompt_text[-1:])
+        elif part == "masked":
+            parts.append(context.masked)
+        elif part == "response":
+            parts.append(context.response)
+        elif part == "after_image":
+            end = context.visual_spans[-1][1] if context.visual_spans else 0
+            after = context.prompt_text[context.prompt_text >= end]
+            parts.append(after if len(after) else context.prompt_text)
+        else:
+            parts.append(context.prompt_text)
+    return parts[0] if len(parts) == 1 else torch.cat(parts).unique()
 
 
 def received_attention(context: LayerContext, queries: str) -> list[Tensor] | None:
@@ -175,14 +196,38 @@ def received_attention(context: LayerContext, queries: str) -> list[Tensor] | No
 
 
 def check_queries(queries: str) -> str:
-    if queries not in LAYER_QUERIES:
-        raise ValueError(f"queries {queries!r} is not one of {', '.join(LAYER_QUERIES)}")
+    if not all(part in LAYER_QUERIES for part in queries.split("+")):
+        raise ValueError(f"queries {queries!r} is not one of {', '.join(LAYER_QUERIES)} (or parts joined by +)")
     return queries
+
+
+def top_count(scores: Tensor, count: int) -> Tensor:
+    """Sorted indices of the ``count`` highest ``scores`` (all of them if there are fewer)."""
+    return torch.topk(scores, min(count, len(scores))).indices.sort().values
 
 
 def top_k_kept(scores: list[Tensor], ratio: float) -> list[Tensor]:
     """Per image, the top ``max(1, int(N·r))`` tokens by score, in their original order."""
-    return [torch.topk(s, kept_count(len(s), ratio)).indices.sort().values for s in scores]
+    return [top_count(s, kept_count(len(s), ratio)) for s in scores]
+
+
+def scaled_layers(official: tuple[int, ...], depth: int, official_depth: int = 32) -> tuple[int, ...]:
+    """Layer counts K given for an ``official_depth``-layer LM, at the same fractions of ``depth`` (1 ≤ K < depth,
+    duplicates merged)."""
+    return tuple(sorted({min(depth - 1, max(1, depth * k // official_depth)) for k in official}))
+
+
+def geometric_fractions(ratio: float, stages: int) -> list[float]:
+    """Kept fraction of each image's original tokens after each of ``stages`` stages: r^{s/S}, the last r."""
+    return [ratio ** ((s + 1) / stages) for s in range(stages)]
+
+
+def check_fractions(fractions: tuple[float, ...], ratio: float) -> tuple[float, ...]:
+    """Kept fractions of the stages before the last: each in (0, 1], none increasing, none below ``ratio``."""
+    fractions = tuple(check_ratio(value) for value in fractions)
+    if list(fractions) != sorted(fractions, reverse=True) or fractions[-1] < ratio:
+        raise ValueError(f"ratios {list(fractions)} must not increase and must stay >= ratio {ratio}")
+    return fractions
 
 
 def check_ratio(ratio: float) -> float:
@@ -254,6 +299,9 @@ class Pruner:
     in_lm_persist: str = "sequence"
     in_lm_needs_hidden: bool = False
     """The stage reads the visual tokens' hidden states, which a prefix-cached step forward does not compute."""
+    in_lm_key_attention: bool = False
+    """The stage also reads its query rows' attention to the non-visual keys (:attr:`LayerContext.key_attention`;
+    uncached forwards only)."""
 
     def lm_layers(self, depth: int) -> tuple[int, ...]:
         """The layer counts K (1 ≤ K < ``depth``) after which :meth:`in_lm` acts, for a model of ``depth`` layers."""

@@ -44,7 +44,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from redvtp_eval.pruners.base import LayerContext, Pruner, Reduction, VisualInput, check_ratio, kept_count
+from redvtp_eval.pruners.base import (
+    LayerContext,
+    Pruner,
+    Reduction,
+    VisualInput,
+    check_fractions,
+    check_ratio,
+    geometric_fractions,
+    kept_count,
+    scaled_layers,
+)
 
 RATERS = ("prompt", "masked", "prompt+masked")
 OFFICIAL_LAYERS = (3, 7, 16)
@@ -123,9 +133,7 @@ class SparseVLM(Pruner):
         super().__init__(keep_positions=keep_positions, **options)
         self.ratio = check_ratio(ratio)
         self.layers = tuple(int(layer) for layer in layers) if layers else None
-        self.ratios = tuple(check_ratio(value) for value in ratios) if ratios else None
-        if self.ratios and (list(self.ratios) != sorted(self.ratios, reverse=True) or self.ratios[-1] < self.ratio):
-            raise ValueError(f"ratios {list(self.ratios)} must not increase and must stay >= ratio {self.ratio}")
+        self.ratios = check_fractions(tuple(ratios), self.ratio) if ratios else None
         if raters not in RATERS:
             raise ValueError(f"raters {raters!r} is not one of {', '.join(RATERS)}")
         self.raters = raters
@@ -140,7 +148,7 @@ class SparseVLM(Pruner):
         if self.layers is not None:
             chosen = self.layers
         else:
-            chosen = tuple(sorted({min(depth - 1, max(1, depth * k // 32)) for k in OFFICIAL_LAYERS}))
+            chosen = scaled_layers(OFFICIAL_LAYERS, depth)
         if self.ratios is not None and len(self.ratios) != len(chosen) - 1:
             raise ValueError(f"ratios gives {len(self.ratios)} stage fractions; layers {chosen} need {len(chosen) - 1}")
         self._stages = chosen
@@ -148,10 +156,9 @@ class SparseVLM(Pruner):
 
     def stage_fractions(self) -> list[float]:
         """The kept fraction f_s of each image's original tokens at each stage (the last is ``ratio``)."""
-        stages = len(self._stages)
         if self.ratios is not None:
             return [*self.ratios, self.ratio]
-        return [self.ratio ** ((s + 1) / stages) for s in range(stages)]
+        return geometric_fractions(self.ratio, len(self._stages))
 
     def before_lm(self, visual: VisualInput) -> None:
         """Keeps every token; holds the input embeddings the raters are chosen on (in the first LM stage)."""
