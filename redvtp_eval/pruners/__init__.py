@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 
+from redvtp_eval.pruners.adaptinfer import AdaptInfer
 from redvtp_eval.pruners.base import PruneContext, Pruner, VisualAttention
 from redvtp_eval.pruners.d3tom import D3ToM
 from redvtp_eval.pruners.dart import Dart
@@ -24,6 +25,8 @@ from redvtp_eval.pruners.pooling import Pooling
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
 from redvtp_eval.pruners.sparsevlm import SparseVLM
+from redvtp_eval.pruners.star import Star
+from redvtp_eval.pruners.transprune import TransPrune
 from redvtp_eval.pruners.visionzip import VisionZip
 
 PRUNERS: dict[str, type[Pruner]] = {
@@ -41,6 +44,9 @@ PRUNERS: dict[str, type[Pruner]] = {
     "d3tom": D3ToM,
     "visionzip": VisionZip,
     "sparsevlm": SparseVLM,
+    "star": Star,
+    "transprune": TransPrune,
+    "adaptinfer": AdaptInfer,
 }
 
 
