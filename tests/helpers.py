@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image, ImageDraw
 
 
@@ -28,3 +29,19 @@ def toy_visual_tokens(task: str, index: int) -> int:
     pinpoints = anyres.parse_pinpoints(raw["image_grid_pinpoints"], crop)
     size = held_out(task, index).image.size
     return len(anyres.token_boxes(size, pinpoints, crop, patch, anyres.max_crops(raw["image_aspect_ratio"])))
+
+
+def layer_maps(model, prompt, gen_length: int = 8):
+    """Every layer's (heads, L, L) eager attention map of step 1's full forward (``gen_length`` masked rows)."""
+    maps = []
+    hooks = [
+        layer.self_attn.register_forward_hook(lambda module, args, output: maps.append(output[1][0]))
+        for layer in model.network.model.layers
+    ]
+    tokens = torch.full((gen_length,), model.mask_token_id)
+    embeds = torch.cat([prompt.embeds, model.embed(tokens)])
+    with torch.no_grad():
+        model.logits(embeds, torch.arange(len(embeds)), torch.arange(len(prompt.embeds), len(embeds)))
+    for hook in hooks:
+        hook.remove()
+    return maps

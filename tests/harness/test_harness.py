@@ -246,6 +246,9 @@ def test_a_lavida_job_runs_end_to_end(tmp_path):
         ("dart", [], 75),
         ("pooling", [], 78),
         ("pdrop", [], 4),
+        ("star", [], 75),
+        ("transprune", [], 75),
+        ("adaptinfer", [], 75),
     ],
 )
 def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options, kept):
@@ -253,7 +256,8 @@ def test_a_rival_pruner_job_runs_end_to_end(tmp_path, pruner, options, kept):
     through the command line at r = 0.25: int(300 · 0.25) = 75 remain (VisionZip before the LM, with the tower
     attention the adapter asks the model for; SparseVLM after its last layer of step 1; FastV, LLaDA-FastV and DART
     after their layer of step 1). Pooling averages each 2-D grid 2×2 (stride round(1/√r)): 36 + 6 rows of 6 plus
-    their newlines, 78. PDrop drops at each of its stages by r: 300 → 75 → 18 → 4. Null options (``layers: null``)
+    their newlines, 78. PDrop drops at each of its stages by r: 300 → 75 → 18 → 4. STAR (150 before the LM),
+    TransPrune and AdaptInfer (progressive) end at int(N·r) too. Null options (``layers: null``)
     reach the pruner as its default, lists as lists."""
     assert toy_visual_tokens("redvtp_toy_docvqa", 0) == 300
     job = tmp_path / "job"

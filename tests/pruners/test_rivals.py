@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEEP_LAYERS
-from helpers import page
+from helpers import layer_maps, page
 
 from redvtp_eval.engine.families import FAMILIES
 from redvtp_eval.engine.sampler import GenerationSettings, generate
@@ -63,22 +63,6 @@ def test_keeping_every_token_reproduces_the_unpruned_tokens(deep, prompt, name, 
     assert result.token_ids == unpruned.token_ids
     assert result.record.visual_tokens_after == prompt.visual_tokens
     assert result.record.effective_visual_tokens == unpruned.record.effective_visual_tokens == prompt.visual_tokens
-
-
-def layer_maps(model, prompt):
-    """Every layer's (heads, L, L) eager attention map of step 1's full forward."""
-    maps = []
-    hooks = [
-        layer.self_attn.register_forward_hook(lambda module, args, output: maps.append(output[1][0]))
-        for layer in model.network.model.layers
-    ]
-    tokens = torch.full((SETTINGS.gen_length,), model.mask_token_id)
-    embeds = torch.cat([prompt.embeds, model.embed(tokens)])
-    with torch.no_grad():
-        model.logits(embeds, torch.arange(len(embeds)), torch.arange(len(prompt.embeds), len(embeds)))
-    for hook in hooks:
-        hook.remove()
-    return maps
 
 
 class Capture:
