@@ -15,8 +15,9 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"harness", "engine", "models", "pruners"},
     "toy": {"report", "harness", "engine", "models", "pruners"},
     "bench": {"harness", "engine", "models", "pruners"},
+    "analysis": {"harness", "engine", "models", "pruners"},
 }
-"""Stage → the other stages it may import (every stage may import itself). Nothing imports toy or bench."""
+"""Stage → the other stages it may import (every stage may import itself). Nothing imports toy, bench or analysis."""
 ENTRY_POINTS = {"__init__.py", "__main__.py"}
 """The only modules at the top level; ``__main__`` may import any stage."""
 
