@@ -22,12 +22,15 @@ from redvtp_eval.pruners.fastv import FastV, LladaFastV
 from redvtp_eval.pruners.oracle import AntiOracle, Oracle
 from redvtp_eval.pruners.pdrop import PDrop
 from redvtp_eval.pruners.pooling import Pooling
+from redvtp_eval.pruners.ptp import PTP
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
 from redvtp_eval.pruners.sparsevlm import SparseVLM
 from redvtp_eval.pruners.star import Star
 from redvtp_eval.pruners.transprune import TransPrune
+from redvtp_eval.pruners.vflowopt import VFlowOpt
 from redvtp_eval.pruners.visionzip import VisionZip
+from redvtp_eval.pruners.vscan import VScan
 
 PRUNERS: dict[str, type[Pruner]] = {
     "none": Pruner,
@@ -47,6 +50,9 @@ PRUNERS: dict[str, type[Pruner]] = {
     "star": Star,
     "transprune": TransPrune,
     "adaptinfer": AdaptInfer,
+    "ptp": PTP,
+    "vscan": VScan,
+    "vflowopt": VFlowOpt,
 }
 
 

@@ -120,8 +120,8 @@ class VisualInput:
     """Per image, (N, d) projected visual features, in the order they were spliced into the prompt."""
     text: Tensor
     """(T, d) embeddings of the prompt's text positions (system prompt, question, chat markup), in order."""
-    grids: list[list[tuple[int, int, int]]]
-    """Per image, its 2-D token grids as (first token, rows, columns), row-major; tokens outside every grid
+    grids: list[list[tuple[int, int, int, int]]]
+    """Per image, its 2-D token grids as (first token, rows, columns, row stride), row-major; tokens outside every grid
     (AnyRes ``image_newline``) are in none. Empty when the model does not say."""
     region: list[Tensor | None] | None = None
     """Per image, a boolean mask of the tokens that show the answer (toy tasks only; None elsewhere)."""
@@ -239,6 +239,45 @@ def check_ratio(ratio: float) -> float:
 def kept_count(tokens: int, ratio: float) -> int:
     """How many of an image's visual tokens a ratio keeps: ``max(1, int(N·r))``, as the official code."""
     return max(1, int(tokens * ratio))
+
+
+def grid_coordinates(grids: list[tuple[int, int, int, int]], tokens: int, device: torch.device) -> Tensor:
+    """(tokens, 3): each of an image's visual tokens as (grid, row, column) in its :attr:`VisualInput.grids`;
+    (−1, −1, −1) for a token outside every grid (AnyRes ``image_newline``)."""
+    coordinates = torch.full((tokens, 3), -1, dtype=torch.long, device=device)
+    for grid, (first, rows, cols, stride) in enumerate(grids):
+        row = torch.arange(rows, device=device).repeat_interleave(cols)
+        col = torch.arange(cols, device=device).repeat(rows)
+        coordinates[first + row * stride + col] = torch.stack([torch.full_like(row, grid), row, col], dim=1)
+    return coordinates
+
+
+def proportional_counts(total: int, weights: Tensor, caps: Tensor) -> Tensor:
+    """Split ``total`` tokens over groups in proportion to their ``weights`` (≥ 0), none above its cap: a group
+    whose share exceeds its cap gets the cap and the rest is shared again among the others; shares are floored and
+    the tokens left go one each to the largest remainders (ties: the earlier group). All-zero weights share by cap."""
+    caps = caps.long()
+    total = min(int(total), int(caps.sum()))
+    weights = weights.double().clamp(min=0)
+    full = torch.zeros(len(caps), dtype=torch.bool, device=caps.device)
+    while True:
+        free = ~full & (caps > 0)
+        left = total - int(caps[full].sum())
+        share = weights.where(free, torch.zeros_like(weights))
+        if share.sum() <= 0:
+            share = caps.double().where(free, torch.zeros_like(weights))
+        quota = left * share / share.sum() if share.sum() > 0 else share
+        over = free & (quota > caps)
+        if not over.any():
+            break
+        full |= over
+    quota = torch.where(full, caps.double(), quota)
+    counts = quota.floor().long()
+    remainder = (quota - counts).where(counts < caps, torch.full_like(quota, -1.0))
+    order = sorted(range(len(caps)), key=lambda group: (-float(remainder[group]), group))
+    for group in order[: total - int(counts.sum())]:
+        counts[group] += 1
+    return counts
 
 
 class Pruner:
