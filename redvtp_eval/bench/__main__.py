@@ -31,7 +31,7 @@ from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
-from redvtp_eval.engine.flops import denoising_step_flops, prefill_flops, vision_flops
+from redvtp_eval.engine.flops import Roofline, denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
 from redvtp_eval.pruners import make_pruner
@@ -45,7 +45,8 @@ GOAL_RATIO = 0.25
 def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
-    plain = {key: cfg[key] for key in ("prefix_cache", "ratios", "warmup", "runs", "scoring", "profile", "seed")}
+    keys = ("prefix_cache", "ratios", "warmup", "runs", "scoring", "profile", "seed", "roofline")
+    plain = {key: cfg[key] for key in keys}
     return OmegaConf.to_container(
         OmegaConf.create(
             {
@@ -95,8 +96,16 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     facts = environment(device)
     load_before = os.getloadavg()
     options = {key: value for key, value in config["pruner"].items() if key != "name"}
+    roofline = Roofline(**config["roofline"])
     speed_results = speed(
-        workload, config["pruner"]["name"], options, config["ratios"], config["warmup"], config["runs"], config["seed"]
+        workload,
+        config["pruner"]["name"],
+        options,
+        config["ratios"],
+        config["warmup"],
+        config["runs"],
+        config["seed"],
+        roofline,
     )
     compare_scoring = config["scoring"] and not prefix_cache
     scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if compare_scoring else None

@@ -8,6 +8,11 @@ denoising step + pruning. Per ratio, the unpruned baseline and the pruner run in
 Besides the sample fields, a run keeps every step's seconds and the (query rows, key positions) of its
 forward, and two derived times: the scoring step (the step after which the pruner is called, plus the
 pruning itself) and the mean step after pruning. With the prefix cache, latency also holds the prefill.
+
+Two bounds: the FLOP model's speed-up (what pruning can gain if time follows FLOPs) and the roofline's
+(``engine.flops.Roofline``: FLOPs / peak + bytes / bandwidth of the forwards each run recorded, with the machine's
+numbers from the config), which also counts the memory-bound work — weights, keys/values and the vocabulary-sized
+work after the LM head — that pruning does not shorten.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
-from redvtp_eval.engine.flops import denoising_step_flops, generation_flops
+from redvtp_eval.engine.flops import Roofline, denoising_step_flops, generation_flops, recorded_seconds
 from redvtp_eval.engine.sampler import generate
 from redvtp_eval.harness.measurement import generation_fields, measure
 from redvtp_eval.harness.summary import distribution, side
@@ -28,7 +33,7 @@ from redvtp_eval.pruners import Pruner, make_pruner
 STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 
 
-def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
+def one_run(workload: Workload, pruner: Pruner, seed: int, roofline: Roofline | None = None) -> dict:
     model = workload.model
     generator = torch.Generator(model.device).manual_seed(seed)
     tower_layer = pruner.tower_attention_layer()
@@ -49,6 +54,9 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
         "step_s": steps,
         "step_forward": [list(forward) for forward in run.value.record.step_forward],
         "head_positions": statistics.fmean(f.logits for f in run.value.record.forwards if f.kind == "step"),
+        "roofline_s": (
+            recorded_seconds(model.config, run.value.record, roofline, model.dtype.itemsize) if roofline else None
+        ),
         "scoring_step_s": steps[scoring - 1] + fields["prune_s"] if len(steps) >= scoring else None,
         "after_prune_step_s": statistics.fmean(steps[scoring:]) if len(steps) > scoring else None,
     }
@@ -63,6 +71,7 @@ def _side(runs: list[dict]) -> dict:
         "sequence_length_before",
         "sequence_length_after",
         "head_positions",
+        "roofline_s",
     )
     lengths = {key: runs[0][key] for key in counts}
     summary = {key: value for key, value in side(runs, None).items() if key != "score"}
@@ -127,6 +136,8 @@ def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, li
         "scoring_overhead_p50": scoring - 1 if scoring is not None else None,
         "ideal": bound,
         "achieved_over_ideal": _ratio(speedup, bound["speedup"]),
+        "roofline_speedup": _ratio(baseline["roofline_s"], pruned["roofline_s"]),
+        "achieved_over_roofline": _ratio(speedup, _ratio(baseline["roofline_s"], pruned["roofline_s"])),
         "step_achieved_over_ideal": _ratio(step_speedup, bound["step_speedup"]),
         "order": order,
         "baseline": baseline,
@@ -135,15 +146,22 @@ def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, li
 
 
 def speed(
-    workload: Workload, pruner_name: str, options: dict, ratios: list[float], warmup: int, runs: int, seed: int
+    workload: Workload,
+    pruner_name: str,
+    options: dict,
+    ratios: list[float],
+    warmup: int,
+    runs: int,
+    seed: int,
+    roofline: Roofline,
 ) -> list[dict]:
     """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first."""
     results = []
     for ratio in ratios:
         pruner = make_pruner(pruner_name, ratio=ratio, **options)
         variants = {
-            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed),
-            "pruned": partial(one_run, workload, pruner, seed),
+            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed, roofline),
+            "pruned": partial(one_run, workload, pruner, seed, roofline),
         }
         measured, order = alternate(variants, warmup, runs)
         results.append(compare(workload, pruner, ratio, measured, order))
