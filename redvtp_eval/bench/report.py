@@ -66,7 +66,7 @@ def step_table(report: dict) -> list[str]:
             f"| {_pair(base['scoring_step_s']['p50'], pruned['scoring_step_s']['p50'])} "
             f"| {_num(row['scoring_overhead_p50'], '+.1%')} "
             f"| {_pair(base['after_prune_step_s']['p50'], pruned['after_prune_step_s']['p50'])} "
-            f"| {_num(row['step_speedup_p50'], '.2f')}× | {row['ideal']['step_speedup']:.2f}× |"
+            f"| {_num(row['step_speedup_p50'], '.2f')}× | {_num(row['ideal']['step_speedup'], '.2f')}× |"
         )
     return lines
 

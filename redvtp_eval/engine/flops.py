@@ -26,8 +26,9 @@ every layer's weights once, w·(d·(2·d + 2·d_kv) + 3·d·m), and the LM head'
 values each layer reads, 2·w·K·d_kv; and the vocabulary-sized work at the G logit positions, which is
 memory-bound and which pruning does not shorten — per position and vocabulary entry, the LM head writes its
 output (w), ``.float()`` copies it (w + 4; nothing when w = 4), the argmax reads it (4), the float64 copy (4 + 8)
-and the float64 softmax (8 + 8) of the confidence rule; 2·w + 36 bytes (40 in half precision, 36 in float32). Activations are left out:
-with many rows the FLOPs dominate, with few the weights do. The vision encoder reads its weights once per call.
+and the float64 softmax (8 + 8) of the confidence rule; 2·w + 36 bytes (40 in half precision, 36 in float32).
+Activations are left out: with many rows the FLOPs dominate, with few the weights do. The vision encoder reads its
+weights once per call.
 
 With LaViDa's prefix-KV cache a generation is one prefill over the P prompt positions (attention P²,
 logits at its last position), then per step the G response rows only, attending to K = P + G keys

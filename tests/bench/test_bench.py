@@ -381,3 +381,36 @@ def test_the_roofline_bound_is_the_recorded_runs_time_ratio_and_lower_than_the_f
         assert row["achieved_over_roofline"] == row["speedup_p50"] / row["roofline_speedup"]
         if row["ratio"] < 1:
             assert 1 < row["roofline_speedup"] < row["ideal"]["speedup"]
+
+
+def test_the_long_answer_shape_is_256_tokens_in_blocks_of_32():
+    settings = generation_settings("llada_v", _shape("docvqa_long"), False, fast_dllm="dual")
+    assert (settings.gen_length, settings.steps, settings.block_length, settings.fast_dllm) == (256, 128, 32, "dual")
+    with pytest.raises(ValueError, match="no fast_dllm / threshold; run them on llada_v"):
+        generation_settings("lavida_dream", _shape("docvqa_long"), False, fast_dllm="dual")
+
+
+def test_a_fast_dllm_bench_refreshes_each_block_and_bounds_by_its_recorded_forwards(tmp_path):
+    overrides = [
+        "model=tiny",
+        "bench_size=tiny",
+        "bench_shape=docvqa_long",
+        "bench_shape.image_size=[384,384]",
+        "bench_shape.task.generation.llada_v.gen_length=64",
+        "bench_shape.task.generation.llada_v.steps=8",
+        "fast_dllm=dual",
+        "ratios=[0.25]",
+        "runs=1",
+        "warmup=0",
+        f"results_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        report, path = run_bench(compose("bench", overrides=overrides), "test")
+    assert path.name == "llada_v_docvqa_long_tiny_redvtp_fast_dual.json" and report["scoring"] is None
+    row = report["speed"][0]
+    # two blocks of 32 in 4 steps each: a full forward at each block's start, then the block alone (dual)
+    rows = [forward[0] for forward in row["pruned"]["runs"][0]["step_forward"]]
+    length = row["sequence_length"][1]
+    assert rows == [row["sequence_length"][0], 32, 32, 32, length, 32, 32, 32]
+    base, pruned = row["baseline"], row["pruned"]
+    assert row["ideal"]["speedup"] == base["flops_total"] / pruned["flops_total"] > 1
