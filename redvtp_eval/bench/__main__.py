@@ -1,7 +1,9 @@
-"""python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|mcq] [pruner=…] [prefix_cache=…]
+"""python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|docvqa_long|mcq] [pruner=…]
+    [prefix_cache=…] [fast_dllm=none|prefix|dual] [threshold=…]
 
     python -m redvtp_eval.bench                                   # H100/H200: LLaDA-V size, bf16, DocVQA shape
     python -m redvtp_eval.bench bench_shape=mcq
+    python -m redvtp_eval.bench bench_shape=docvqa_long fast_dllm=dual     # 256 tokens in blocks of 32, dual cache
     python -m redvtp_eval.bench model=lavida_llada                # LaViDa-LLaDA size, DocVQA page → 840 visual tokens
     python -m redvtp_eval.bench model=lavida_llada prefix_cache=true   # the same with LaViDa's prefix-KV cache
     python -m redvtp_eval.bench model=tiny bench_size=cpu         # reduced size on the CPU
@@ -31,7 +33,7 @@ from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
-from redvtp_eval.engine.flops import denoising_step_flops, prefill_flops, vision_flops
+from redvtp_eval.engine.flops import Roofline, denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
 from redvtp_eval.pruners import make_pruner
@@ -45,7 +47,9 @@ GOAL_RATIO = 0.25
 def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
-    plain = {key: cfg[key] for key in ("prefix_cache", "ratios", "warmup", "runs", "scoring", "profile", "seed")}
+    keys = ("prefix_cache", "fast_dllm", "threshold", "ratios", "warmup", "runs", "scoring", "profile", "seed")
+    keys += ("roofline",)
+    plain = {key: cfg[key] for key in keys}
     return OmegaConf.to_container(
         OmegaConf.create(
             {
@@ -80,7 +84,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     check(config)
     size, shape, model_config = config["bench_size"], config["bench_shape"], config["model"]
     family_name, prefix_cache = model_config["family"], config["prefix_cache"]
-    settings = generation_settings(family_name, shape, prefix_cache)
+    settings = generation_settings(family_name, shape, prefix_cache, config["fast_dllm"], config["threshold"])
     device = torch.device(model_config["device"])
     raw = architecture(family_name, size["text"], size["vision"])
     model = random_model(
@@ -95,10 +99,18 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     facts = environment(device)
     load_before = os.getloadavg()
     options = {key: value for key, value in config["pruner"].items() if key != "name"}
+    roofline = Roofline(**config["roofline"])
     speed_results = speed(
-        workload, config["pruner"]["name"], options, config["ratios"], config["warmup"], config["runs"], config["seed"]
+        workload,
+        config["pruner"]["name"],
+        options,
+        config["ratios"],
+        config["warmup"],
+        config["runs"],
+        config["seed"],
+        roofline,
     )
-    compare_scoring = config["scoring"] and not prefix_cache
+    compare_scoring = config["scoring"] and not prefix_cache and settings.fast_dllm == "none"
     scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if compare_scoring else None
     load_after = os.getloadavg()
     first = speed_results[0]["baseline"]
@@ -115,6 +127,8 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "steps": settings.steps,
             "block_length": settings.block_length,
             "prefix_cache": settings.prefix_cache,
+            "fast_dllm": settings.fast_dllm,
+            "threshold": settings.threshold,
             "visual_tokens": speed_results[0]["visual_tokens"][0],
             "crops": workload.crops,
             "prompt_tokens": first["prompt_tokens"],
@@ -128,7 +142,10 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         "speed": speed_results,
         "scoring": scoring_result,
     }
-    cache = "_prefix_cache" if prefix_cache else ""
+    cache = ("_prefix_cache" if prefix_cache else "") + (
+        f"_fast_{settings.fast_dllm}" if settings.fast_dllm != "none" else ""
+    )
+    cache += f"_threshold{settings.threshold:g}" if settings.threshold is not None else ""
     stem = f"{family_name}_{shape['name']}_{size['name']}_{config['pruner']['name']}{cache}"
     path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
     if config["profile"]:

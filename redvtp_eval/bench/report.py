@@ -31,8 +31,9 @@ def _pair(a: float | None, b: float | None, spec: str = ".4g") -> str:
 def speed_table(report: dict) -> list[str]:
     lines = [
         "| r | visual tokens | sequence | latency p50 (p90) s, unpruned | latency p50 (p90) s, pruned | speed-up "
-        "| FLOP bound | achieved / bound | tok/s (gen_length) unpruned → pruned | peak GiB unpruned / pruned |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOP bound | achieved / bound | roofline bound | achieved / roofline "
+        "| tok/s (gen_length) unpruned → pruned | peak GiB unpruned / pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["speed"]:
         base, pruned = row["baseline"], row["pruned"]
@@ -43,6 +44,7 @@ def speed_table(report: dict) -> list[str]:
             f"| {_num(pruned['latency_s']['p50'])} ({_num(pruned['latency_s']['p90'])}) "
             f"| {_num(row['speedup_p50'], '.2f')}× | {row['ideal']['speedup']:.2f}× "
             f"| {_num(row['achieved_over_ideal'], '.0%')} "
+            f"| {_num(row['roofline_speedup'], '.2f')}× | {_num(row['achieved_over_roofline'], '.0%')} "
             f"| {_num(base['tokens_per_s_gen_length'], '.3g')} → {_num(pruned['tokens_per_s_gen_length'], '.3g')} "
             f"| {_pair(base['peak_memory_gib'], pruned['peak_memory_gib'], '.3g')} |"
         )
@@ -64,7 +66,7 @@ def step_table(report: dict) -> list[str]:
             f"| {_pair(base['scoring_step_s']['p50'], pruned['scoring_step_s']['p50'])} "
             f"| {_num(row['scoring_overhead_p50'], '+.1%')} "
             f"| {_pair(base['after_prune_step_s']['p50'], pruned['after_prune_step_s']['p50'])} "
-            f"| {_num(row['step_speedup_p50'], '.2f')}× | {row['ideal']['step_speedup']:.2f}× |"
+            f"| {_num(row['step_speedup_p50'], '.2f')}× | {_num(row['ideal']['step_speedup'], '.2f')}× |"
         )
     return lines
 

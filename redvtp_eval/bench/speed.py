@@ -8,6 +8,11 @@ denoising step + pruning. Per ratio, the unpruned baseline and the pruner run in
 Besides the sample fields, a run keeps every step's seconds and the (query rows, key positions) of its
 forward, and two derived times: the scoring step (the step after which the pruner is called, plus the
 pruning itself) and the mean step after pruning. With the prefix cache, latency also holds the prefill.
+
+Two bounds: the FLOP model's speed-up (what pruning can gain if time follows FLOPs) and the roofline's
+(``engine.flops.Roofline``: FLOPs / peak + bytes / bandwidth of the forwards each run recorded, with the machine's
+numbers from the config), which also counts the memory-bound work — weights, keys/values and the vocabulary-sized
+work after the LM head — that pruning does not shorten.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
-from redvtp_eval.engine.flops import denoising_step_flops, generation_flops
+from redvtp_eval.engine.flops import Roofline, denoising_step_flops, forward_flops, generation_flops, recorded_seconds
 from redvtp_eval.engine.sampler import generate
 from redvtp_eval.harness.measurement import generation_fields, measure
 from redvtp_eval.harness.summary import distribution, side
@@ -28,7 +33,7 @@ from redvtp_eval.pruners import Pruner, make_pruner
 STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 
 
-def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
+def one_run(workload: Workload, pruner: Pruner, seed: int, roofline: Roofline | None = None) -> dict:
     model = workload.model
     generator = torch.Generator(model.device).manual_seed(seed)
     tower_layer = pruner.tower_attention_layer()
@@ -39,6 +44,7 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
     del fields["prediction"]
     steps = run.value.record.step_seconds
     scoring = pruner.prune_after_step
+    after = [f for f in run.value.record.forwards if f.kind == "step"][scoring:]
     return {
         **fields,
         "sequence_length_before": fields["prompt_tokens"] + workload.settings.gen_length,
@@ -49,6 +55,14 @@ def one_run(workload: Workload, pruner: Pruner, seed: int) -> dict:
         "step_s": steps,
         "step_forward": [list(forward) for forward in run.value.record.step_forward],
         "head_positions": statistics.fmean(f.logits for f in run.value.record.forwards if f.kind == "step"),
+        "roofline_s": (
+            recorded_seconds(model.config, run.value.record, roofline, model.dtype.itemsize) if roofline else None
+        ),
+        "after_prune_step_flops": (
+            statistics.fmean(forward_flops(model.config.text, f.layers, f.logits, f.probed) for f in after)
+            if after
+            else None
+        ),
         "scoring_step_s": steps[scoring - 1] + fields["prune_s"] if len(steps) >= scoring else None,
         "after_prune_step_s": statistics.fmean(steps[scoring:]) if len(steps) > scoring else None,
     }
@@ -63,8 +77,10 @@ def _side(runs: list[dict]) -> dict:
         "sequence_length_before",
         "sequence_length_after",
         "head_positions",
+        "roofline_s",
+        "after_prune_step_flops",
     )
-    lengths = {key: runs[0][key] for key in counts}
+    lengths = {key: runs[0][key] for key in counts} | {"flops_total": runs[0]["flops"]["total"]}
     summary = {key: value for key, value in side(runs, None).items() if key != "score"}
     return {**summary, **timings, **lengths, "runs": runs}
 
@@ -73,10 +89,19 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
+def ideal(workload: Workload, pruner: Pruner, pruned: dict, baseline: dict) -> dict:
     """The FLOP model's speed-ups for this ratio: whole generation (what latency can gain) and one later step.
-    The probe's rows are the non-visual positions, or with the prefix cache the response alone."""
+    The probe's rows are the non-visual positions, or with the prefix cache the response alone. With Fast-dLLM's
+    cache or parallel decoding the forwards are the ones the runs recorded (windows, fewer steps)."""
     config, settings = workload.model.config, workload.settings
+    if settings.fast_dllm != "none" or settings.threshold is not None:
+        unpruned, with_pruning = baseline["flops_total"], pruned["flops_total"]
+        return {
+            "generation_flops_baseline": unpruned,
+            "generation_flops_pruned": with_pruning,
+            "speedup": unpruned / with_pruning,
+            "step_speedup": _ratio(baseline["after_prune_step_flops"], pruned["after_prune_step_flops"]),
+        }
     before, after = pruned["sequence_length_before"], pruned["sequence_length_after"]
     rows = settings.gen_length if settings.prefix_cache else before - pruned["visual_tokens_before"]
     common = {
@@ -112,7 +137,7 @@ def ideal(workload: Workload, pruner: Pruner, pruned: dict) -> dict:
 
 def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, list[dict]], order: list[str]) -> dict:
     baseline, pruned = _side(runs["baseline"]), _side(runs["pruned"])
-    bound = ideal(workload, pruner, pruned)
+    bound = ideal(workload, pruner, pruned, baseline)
     speedup = _ratio(baseline["latency_s"]["p50"], pruned["latency_s"]["p50"])
     step_speedup = _ratio(baseline["after_prune_step_s"]["p50"], pruned["after_prune_step_s"]["p50"])
     scoring = _ratio(pruned["scoring_step_s"]["p50"], baseline["scoring_step_s"]["p50"])
@@ -127,6 +152,8 @@ def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, li
         "scoring_overhead_p50": scoring - 1 if scoring is not None else None,
         "ideal": bound,
         "achieved_over_ideal": _ratio(speedup, bound["speedup"]),
+        "roofline_speedup": _ratio(baseline["roofline_s"], pruned["roofline_s"]),
+        "achieved_over_roofline": _ratio(speedup, _ratio(baseline["roofline_s"], pruned["roofline_s"])),
         "step_achieved_over_ideal": _ratio(step_speedup, bound["step_speedup"]),
         "order": order,
         "baseline": baseline,
@@ -135,15 +162,22 @@ def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, li
 
 
 def speed(
-    workload: Workload, pruner_name: str, options: dict, ratios: list[float], warmup: int, runs: int, seed: int
+    workload: Workload,
+    pruner_name: str,
+    options: dict,
+    ratios: list[float],
+    warmup: int,
+    runs: int,
+    seed: int,
+    roofline: Roofline,
 ) -> list[dict]:
     """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first."""
     results = []
     for ratio in ratios:
         pruner = make_pruner(pruner_name, ratio=ratio, **options)
         variants = {
-            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed),
-            "pruned": partial(one_run, workload, pruner, seed),
+            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed, roofline),
+            "pruned": partial(one_run, workload, pruner, seed, roofline),
         }
         measured, order = alternate(variants, warmup, runs)
         results.append(compare(workload, pruner, ratio, measured, order))

@@ -54,16 +54,23 @@ def random_model(
     return spec.runtime(network, spec.tokenizer())
 
 
-def generation_settings(family_name: str, shape: dict, prefix_cache: bool) -> GenerationSettings:
+def generation_settings(
+    family_name: str, shape: dict, prefix_cache: bool, fast_dllm: str = "none", threshold: float | None = None
+) -> GenerationSettings:
     """The shape's task settings for the family, through the family's own gen-kwargs parser (``prefix_cache``:
-    LaViDa's ``prefix_lm``), without stop strings so that every run does every step."""
+    LaViDa's ``prefix_lm``; ``fast_dllm`` and ``threshold``: Fast-dLLM's cache and parallel decoding), without stop
+    strings so that every run does every step."""
     generation = shape["task"]["generation"]
     if family_name not in generation:
         raise ValueError(f"bench_shape {shape['name']} has no generation settings for the {family_name} family")
     gen_kwargs = {**generation[family_name], **({"prefix_lm": True} if prefix_cache else {})}
+    if fast_dllm != "none" or threshold is not None:
+        gen_kwargs |= {"fast_dllm": fast_dllm, "confidence_threshold": threshold}
     settings, _ = family(family_name).settings(gen_kwargs)
     if prefix_cache and not settings.prefix_cache:
         raise ValueError(f"the {family_name} family has no prefix-KV cache (LaViDa's prefix_lm); drop prefix_cache")
+    if (settings.fast_dllm, settings.threshold) != (fast_dllm, threshold):
+        raise ValueError(f"the {family_name} family's settings have no fast_dllm / threshold; run them on llada_v")
     return replace(settings, stop_strings=())
 
 

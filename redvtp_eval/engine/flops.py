@@ -20,6 +20,16 @@ crop of P = (image / patch)² patches, width c, MLP width m_v: patch embedding 2
 Pruning shortens L for the steps after the scoring step only: the vision encoder and the first full
 step are paid in full, which bounds the speed-up well below N / kept.
 
+Bytes, for a roofline bound (time ≥ FLOPs / peak FLOP/s + bytes / bandwidth, :class:`Roofline`): what a forward
+must move through memory besides its matrix products' arithmetic, with w bytes per weight (2 in half precision):
+every layer's weights once, w·(d·(2·d + 2·d_kv) + 3·d·m), and the LM head's, w·d·V, when it runs; the keys and
+values each layer reads, 2·w·K·d_kv; and the vocabulary-sized work at the G logit positions, which is
+memory-bound and which pruning does not shorten — per position and vocabulary entry, the LM head writes its
+output (w), ``.float()`` copies it (w + 4; nothing when w = 4), the argmax reads it (4), the float64 copy (4 + 8)
+and the float64 softmax (8 + 8) of the confidence rule; 2·w + 36 bytes (40 in half precision, 36 in float32).
+Activations are left out: with many rows the FLOPs dominate, with few the weights do. The vision encoder reads its
+weights once per call.
+
 With LaViDa's prefix-KV cache a generation is one prefill over the P prompt positions (attention P²,
 logits at its last position), then per step the G response rows only, attending to K = P + G keys
 (the attention term becomes 4·G·K·d); pruning then shortens K alone, so the attention term is all it
@@ -28,6 +38,7 @@ can save, and the bound is far lower.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from transformers import PretrainedConfig
@@ -145,3 +156,70 @@ def recorded_flops(config: LladaVConfig, record) -> dict[str, float]:
         "total": vision + forwards,
         "effective_visual_tokens": record.effective_visual_tokens,
     }
+
+
+VOCABULARY_PASSES_BYTES = 32
+"""Bytes per logit position and vocabulary entry of the sampler's work after the LM head, besides the head's own
+output and its ``.float()`` copy: argmax (4), float64 copy (4 + 8), float64 softmax (8 + 8)."""
+
+
+def vocabulary_bytes(text: PretrainedConfig, logit_positions: float, weight_bytes: int) -> float:
+    """The memory-bound vocabulary-sized work at ``logit_positions`` positions (module docstring)."""
+    head_output = weight_bytes + (weight_bytes + 4 if weight_bytes != 4 else 0)
+    return logit_positions * text.vocab_size * (head_output + VOCABULARY_PASSES_BYTES)
+
+
+def step_bytes(
+    text: PretrainedConfig, logit_positions: float, keys: int, weight_bytes: int, layers: int | None = None
+) -> dict[str, float]:
+    """Bytes of one forward whose layers each read ``keys`` keys/values, by part, and their ``total``; ``layers``:
+    how many layers ran (default: all)."""
+    d, head_dim = text.hidden_size, head_dimension(text)
+    d_kv, d_attention = text.num_key_value_heads * head_dim, text.num_attention_heads * head_dim
+    count = text.num_hidden_layers if layers is None else layers
+    per_layer = d * (2 * d_attention + 2 * d_kv) + 3 * d * text.intermediate_size
+    parts = {
+        "weights": weight_bytes * (count * per_layer + (d * text.vocab_size if logit_positions else 0)),
+        "keys_values": count * 2 * weight_bytes * keys * d_kv,
+        "vocabulary": vocabulary_bytes(text, logit_positions, weight_bytes),
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def vision_bytes(config: LladaVConfig, weight_bytes: int) -> int:
+    """The vision tower's and projector's weights, read once per call."""
+    vision, d = config.vision, config.text.hidden_size
+    c, m = vision.hidden_size, vision.intermediate_size
+    embedding = vision.num_channels * vision.patch_size**2 * c
+    return weight_bytes * (
+        embedding + vision.num_hidden_layers * (4 * c * c + 2 * c * m) + config.mm_hidden_size * d + d * d
+    )
+
+
+def forward_bytes(text: PretrainedConfig, layers: list[tuple[int, int, int]], logits: int, weight_bytes: int) -> float:
+    """One recorded forward (:class:`~redvtp_eval.engine.sampler.ForwardShape`): each layer's keys, the head."""
+    per_layer = step_bytes(text, 0, 0, weight_bytes, layers=1)["weights"]
+    kv = sum(step_bytes(text, 0, keys, weight_bytes, layers=1)["keys_values"] for _, keys, _ in layers)
+    return len(layers) * per_layer + kv + step_bytes(text, logits, 0, weight_bytes, layers=0)["total"]
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """A machine's peak dense FLOP/s in the model's dtype and its memory bandwidth (bytes/s): a forward takes at
+    least FLOPs / peak + bytes / bandwidth (the two are added, not overlapped: a bound on neither alone)."""
+
+    flops_per_s: float
+    bytes_per_s: float
+
+    def seconds(self, flops: float, moved: float) -> float:
+        return flops / self.flops_per_s + moved / self.bytes_per_s
+
+
+def recorded_seconds(config: LladaVConfig, record, roofline: Roofline, weight_bytes: int) -> float:
+    """A generation's roofline time from its record: vision encoder, then every forward of the language model."""
+    crops = record.crops
+    total = roofline.seconds(vision_flops(config, crops), vision_bytes(config, weight_bytes) if crops else 0)
+    for f in record.forwards:
+        flops = forward_flops(config.text, f.layers, f.logits, f.probed)
+        total += roofline.seconds(flops, forward_bytes(config.text, f.layers, f.logits, weight_bytes))
+    return total

@@ -45,6 +45,20 @@ runs only the response positions, which attend to the cached prompt keys/values;
 attends to the response. A model with ``shifted_logits`` (Dream) takes its first answer token from the
 prompt pass when the cache is on, as the official code does.
 
+Waiting for the device: a step waits once. After its commit a five-integer vector (tokens committed, where the
+answer stops, masks left before the stop, in the block, among the next step's candidates) is copied to the host
+(:func:`_read`). That is needed per step, not per block: the next step computes logits only at the block's masked
+positions, whose count is a shape, and the loop ends when the block or the answer (up to a stop string) is
+complete; both depend on the tokens just committed (a committed token can be the mask token itself), which only
+the device holds. Nothing else in a step waits: the candidates are found by ``nonzero_static`` with the count the
+host holds, the threshold rule commits by a mask, the stop search returns a tensor, step times are CUDA events
+read once after the generation (:class:`~redvtp_eval.models.timing.Timer`), the RoPE tables are computed once
+per position layout, Fast-dLLM's block cache is cut by an index. Other waits: once per generation, where a
+pruner's stage acts (building its context and deleting the tokens it drops: a few), reading the events, and
+Dream's first token with the prefix cache; one more per step that records attention (the prompt's text rows);
+and on LaViDa-LLaDA, whose LM head keeps the padded vocabulary, ``embed`` checks every step's ids (one per step).
+Tested by counting (``tests/engine/test_host_syncs.py``).
+
 Pruning: after step ``pruner.prune_after_step`` (default 1) the pruner gets the still-masked positions
 and, if it asks, the step's attention from every non-visual position to the visual tokens; the visual
 tokens it does not keep are deleted from the sequence for the rest of the generation. Positions are
@@ -207,7 +221,7 @@ class ForwardShape:
 
 @dataclass
 class GenerationRecord:
-    """What happened during one generation; seconds are wall-clock, device-synchronised."""
+    """What happened during one generation; seconds are device time (CUDA events) or wall-clock on the CPU."""
 
     prompt_tokens: int
     visual_tokens_before: int
@@ -259,6 +273,14 @@ class _Sequence:
         self.original_index = [torch.arange(end - start, device=prompt.embeds.device) for start, end in self.spans]
         self.gen_length = gen_length
         self.positions = torch.arange(len(self.embeds) + gen_length, device=prompt.embeds.device)
+        self._rope: tuple[Tensor, Tensor] | None = None
+
+    def rope(self, model: DiffusionVLM) -> tuple[Tensor, Tensor]:
+        """The RoPE tables (cos, sin) of :attr:`positions`: computed once per layout (again after :meth:`keep`),
+        not in every forward; a window's are a slice, as RoPE is per position."""
+        if self._rope is None:
+            self._rope = model.rotary(self.positions)
+        return self._rope
 
     @property
     def prompt_length(self) -> int:
@@ -290,6 +312,7 @@ class _Sequence:
         self.original_index = [index[indices] for index, indices in zip(self.original_index, reduction.kept)]
         self.spans = _shrunk_spans(self.spans, reduction.kept)
         self.embeds = self.embeds[keep]
+        self._rope = None
         if keep_positions:
             response_positions = self.positions[len(keep) :]
             self.positions = torch.cat([self.positions[: len(keep)][keep], response_positions])
@@ -380,6 +403,7 @@ class _LayerHook:
         self.prompt_length, self.gen_length = sequence.prompt_length, sequence.gen_length
         self.text_tokens = self.prompt_length - sum(end - start for start, end in self.spans)
         self.masked = masked
+        """(gen_length,) boolean: the response positions masked when the step began."""
         self.acting = set(acting) if self.spans else set()
         self.replay = replay
         self.merges = merges or {}
@@ -405,7 +429,7 @@ class _LayerHook:
             visual_spans=list(self.spans),
             prompt_text=_text_positions(self.spans, self.prompt_length, device),
             response=torch.arange(self.gen_length, device=device) + self.prompt_length,
-            masked=self.masked + self.prompt_length,
+            masked=self.masked.nonzero().squeeze(1) + self.prompt_length,
             hidden=hidden,
             attention=attention,
             key_attention=attention.to_keys if attention is not None and self.pruner.in_lm_key_attention else None,
@@ -519,9 +543,11 @@ def _block_cache(
     """Fast-dLLM's cache for block [lo, hi) of the response from a full forward's keys/values: every position
     before the block (``prefix``), or every position outside it (``dual``)."""
     filled.close()
-    keep = torch.ones(filled.length, dtype=torch.bool, device=filled.keys[0].device)
-    keep[prompt_length + lo : prompt_length + (hi if settings.fast_dllm == "dual" else settings.gen_length)] = False
-    filled.keep(keep)
+    device, end = filled.keys[0].device, prompt_length + (hi if settings.fast_dllm == "dual" else settings.gen_length)
+    # an index, not a boolean mask: indexing by a mask would wait for the device to count it
+    filled.keep(
+        torch.cat([torch.arange(prompt_length + lo, device=device), torch.arange(end, filled.length, device=device)])
+    )
     return filled
 
 
@@ -547,15 +573,21 @@ def _confidence(logits: Tensor, x0: Tensor, remasking: str, generator: torch.Gen
     return (probs * torch.log(probs + 1e-10)).sum(dim=-1)
 
 
-def _first_stop(tokens: Tensor, stop_sequences: list[Tensor]) -> int | None:
-    """Index in the response where the earliest complete stop sequence starts."""
-    starts = []
+def _first_stop(tokens: Tensor, stop_sequences: list[Tensor]) -> Tensor:
+    """Index in the response where the earliest complete stop sequence starts, ``len(tokens)`` if none: a 0-d
+    tensor, so that the search does not wait for the device."""
+    first = torch.tensor(len(tokens), device=tokens.device)
     for sequence in stop_sequences:
         if len(sequence) <= len(tokens):
-            hits = (tokens.unfold(0, len(sequence), 1) == sequence).all(dim=1).nonzero()
-            if len(hits):
-                starts.append(int(hits[0]))
-    return min(starts, default=None)
+            hits = (tokens.unfold(0, len(sequence), 1) == sequence).all(dim=1)
+            starts = torch.where(hits, torch.arange(len(hits), device=tokens.device), len(tokens))
+            first = torch.minimum(first, starts.min())
+    return first
+
+
+def _read(values: Tensor) -> list[int]:
+    """The step loop's one wait for the device per step (a small integer vector copied to the host)."""
+    return values.tolist()
 
 
 class ProbedAttention:
@@ -677,6 +709,8 @@ def _generate(
 
     steps_per_block = settings.steps // settings.num_blocks
     stop_at: int | None = None
+    first_token = 0
+    """1 when Dream's first answer token was taken from the prompt pass (it is not masked at the first step)."""
     cache = None
     replay: dict[int, list[Tensor]] = {}
     """Drops inside the LM that every later forward repeats (``in_lm_persist="layers"``, uncached)."""
@@ -693,6 +727,7 @@ def _generate(
             cache, last_logits = model.prefill(sequence.embeds, sequence.positions[: sequence.prompt_length])
             if model.shifted_logits:
                 tokens[0] = last_logits.argmax()
+                first_token = int(tokens[0] != mask_id)  # one read, before the loop
         length, visual_count = sequence.prompt_length, sum(len(index) for index in sequence.original_index)
         record.forwards.append(
             ForwardShape("prefill", [(length, length, visual_count)] * len(cache.keys), 1, [0] * len(cache.keys))
@@ -719,15 +754,17 @@ def _generate(
         lo, hi = block * settings.block_length, (block + 1) * settings.block_length
         if stop_at is not None and stop_at <= lo:
             break
-        masked_in_block = int((tokens[lo:hi] == mask_id).sum())
+        # Commits never reach past the current block, so every position of a block is masked when it starts (but
+        # Dream's first token, taken from the prompt pass), and no stop string has been found yet (one found in an
+        # earlier block ended the loop above). The host keeps these counts, read once per step below.
+        masked_in_block = settings.block_length - (first_token if block == 0 else 0)
+        block_masked, candidate_count, masked_before_stop = masked_in_block, masked_in_block, None
         schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
         block_steps = steps_per_block if settings.threshold is None else settings.block_length
         for block_step in range(block_steps):
+            if masked_before_stop == 0 or block_masked == 0:
+                break
             masked = tokens == mask_id
-            if stop_at is not None and not masked[:stop_at].any():
-                break
-            if not masked[lo:hi].any():
-                break
             record.steps += 1
             prune_now = pruner.acts_after(record.steps, settings.steps)
             # Fast-dLLM: a refresh step is a full forward that fills the block's cache; the others run a window.
@@ -756,7 +793,7 @@ def _generate(
                 pruner,
                 record.steps,
                 sequence,
-                masked.nonzero().squeeze(1),
+                masked,
                 step_cache,
                 probe,
                 acting,
@@ -768,9 +805,11 @@ def _generate(
 
             # The positions this step may commit: masked, in the block, before a stop string. Only their logits are
             # computed (the LM head and the float64 softmax over the vocabulary are per position, so the others'
-            # would be thrown away), in the window coordinates of the forward below.
+            # would be thrown away), in the window coordinates of the forward below. Their count is known on the
+            # host, so finding them does not wait for the device.
             end = min(hi, stop_at) if stop_at is not None else hi
-            candidates = masked[lo:end].nonzero().squeeze(1) + lo
+            candidates = torch.nonzero_static(masked[lo:end], size=candidate_count).squeeze(1) + lo
+            rope = sequence.rope(model)
 
             # Stage 2 runs inside this forward, through the hook.
             with timer("step"):
@@ -778,14 +817,16 @@ def _generate(
                     embeds = torch.cat([sequence.embeds, model.embed(tokens)])
                     filling = PrefixCache() if refresh else None
                     at = sequence.prompt_length + candidates
-                    logits = model.logits(embeds, sequence.positions, at, hook=hook, cache=filling)
+                    logits = model.logits(embeds, sequence.positions, at, hook=hook, cache=filling, rope=rope)
                     if filling is not None:
                         fast_cache = _block_cache(filling, sequence.prompt_length, lo, hi, settings)
                     record.step_forward.append((len(embeds), len(embeds)))
                 else:
-                    window = sequence.positions[sequence.prompt_length + w_lo : sequence.prompt_length + w_hi]
+                    span = slice(sequence.prompt_length + w_lo, sequence.prompt_length + w_hi)
+                    window, window_rope = sequence.positions[span], tuple(part[:, span] for part in rope)
                     at = candidates - w_lo
-                    logits = model.logits(model.embed(tokens[w_lo:w_hi]), window, at, hook=hook, cache=step_cache)
+                    embeds = model.embed(tokens[w_lo:w_hi])
+                    logits = model.logits(embeds, window, at, hook=hook, cache=step_cache, rope=window_rope)
                     record.step_forward.append((w_hi - w_lo, step_cache.length + w_hi - w_lo))
                 logits[:, suppressed] = float("-inf")  # every candidate is masked
                 x0 = tokens.clone()
@@ -793,17 +834,29 @@ def _generate(
                 scored = _confidence(logits, x0[candidates], settings.remasking, generator)
                 confidence = torch.full((settings.gen_length,), float("-inf"), dtype=scored.dtype, device=device)
                 confidence[candidates] = scored
+                commit = torch.zeros(settings.gen_length, dtype=torch.bool, device=device)
                 if settings.threshold is None:
-                    count = min(schedule[block_step], int(torch.isfinite(confidence).sum()))
+                    commit[torch.topk(confidence, min(schedule[block_step], candidate_count)).indices] = True
                 else:
-                    count = max(1, int((confidence >= settings.threshold).sum()))
-                chosen = torch.topk(confidence, count).indices
-                tokens[chosen] = x0[chosen]
-                if stop_sequences:
-                    found = _first_stop(tokens, stop_sequences)
-                    if found is not None and (stop_at is None or found < stop_at):
-                        stop_at = found
-            record.step_seconds.append(timer.seconds.pop("step"))
+                    commit = confidence >= settings.threshold
+                    commit[torch.topk(confidence, 1).indices] = True  # the most confident one in any case
+                tokens = torch.where(commit, x0, tokens)
+                left = tokens == mask_id
+                stop = _first_stop(tokens, stop_sequences)
+                if stop_at is not None:
+                    stop = torch.clamp(stop, max=stop_at)
+                before_stop = left & (torch.arange(settings.gen_length, device=device) < stop)
+                outcome = torch.stack(
+                    [commit.sum(), stop, before_stop.sum(), left[lo:hi].sum(), before_stop[lo:hi].sum()]
+                )
+            # The step's one read of the device: what it committed, where the answer stops, and what is left masked
+            # (in the answer, in the block, among the next step's candidates), which the loop's end and the next
+            # step's shapes depend on.
+            count, found, masked_before_stop, block_masked, candidate_count = _read(outcome)
+            if found < settings.gen_length:
+                stop_at = found
+            else:
+                masked_before_stop = None
             record.unmasked_per_step.append(count)
             record.forwards.append(ForwardShape("step", hook.layers, len(candidates), hook.probed))
 
@@ -835,7 +888,7 @@ def _generate(
                     step=record.steps,
                     visual_spans=list(sequence.spans),
                     masked=(tokens == mask_id).nonzero().squeeze(1) + sequence.prompt_length,
-                    decoded=chosen.sort().values + sequence.prompt_length,
+                    decoded=commit.nonzero().squeeze(1) + sequence.prompt_length,
                     response=sequence.response,
                     prompt_text=sequence.prompt_text(),
                     attention=(
@@ -869,6 +922,7 @@ def _generate(
                         pruned(f"after_step{record.steps}")
 
     record.stop_position = stop_at
+    record.step_seconds = timer.intervals("step")
     record.seconds["denoise"] = sum(record.step_seconds)
     record.seconds["first_step"] = record.step_seconds[0] if record.step_seconds else 0.0
     record.seconds["prune"] = timer.seconds.get("prune", 0.0)

@@ -80,10 +80,16 @@ class DiffusionVLM(Protocol):
         probe: AttentionProbe | None = None,
         cache: PrefixCache | None = None,
         hook: LayerHook | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """float32 predictions (len(at), vocab) for the positions ``at`` (indices into ``embeds`` (L, d)); with
         ``cache``, ``embeds`` follow the cached prompt and attend to it too; with ``hook``, the forward calls it
-        at every layer, and rows it drops leave the later layers (``at`` must survive)."""
+        at every layer, and rows it drops leave the later layers (``at`` must survive); ``rope``: the
+        :meth:`rotary` tables of ``position_ids``, when the caller keeps them across forwards."""
+        ...
+
+    def rotary(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The RoPE tables (cos, sin) of positions (L,), as :meth:`logits` takes them."""
         ...
 
     def prefill(self, embeds: Tensor, position_ids: Tensor) -> tuple[PrefixCache, Tensor]:

@@ -270,12 +270,15 @@ class LladaVNetwork(nn.Module):
         probe: AttentionProbe | None,
         cache: PrefixCache | None = None,
         hook: LayerHook | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """:meth:`hidden_states`, and with a ``hook``: each layer is probed with the hook's probe for it, and
         after each layer the hook may drop rows (visual-token pruning inside the LM); the later layers run on
         the rows kept, at their own positions. Also returns, when rows were dropped, the input index of each
-        row that remains (None otherwise)."""
-        rope = self.model.rotary_emb(embeds, position_ids)
+        row that remains (None otherwise). ``rope``: the (cos, sin) tables of ``position_ids`` if the caller
+        holds them (:meth:`LladaV.rotary`), else computed here."""
+        if rope is None:
+            rope = self.model.rotary_emb(embeds, position_ids)
         hidden, rows = embeds, None
         for index, layer in enumerate(self.model.layers):
             hidden = layer(
@@ -516,13 +519,20 @@ class LladaV:
         probe: AttentionProbe | None = None,
         cache: PrefixCache | None = None,
         hook: LayerHook | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        hidden, rows = self.network.hooked_hidden_states(embeds[None], position_ids[None], probe, cache, hook)
+        hidden, rows = self.network.hooked_hidden_states(embeds[None], position_ids[None], probe, cache, hook, rope)
         if self.shifted_logits:
             at = (at - 1).clamp(min=0)
         if rows is not None:
             at = torch.searchsorted(rows, at)
         return self.network.lm_head(hidden[0, at]).float()
+
+    @torch.no_grad()
+    def rotary(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The RoPE tables (cos, sin), each (1, L, head dim) in the model's dtype, of positions (L,)."""
+        weight = self.network.model.embed_tokens.weight
+        return self.network.model.rotary_emb(weight, position_ids[None])
 
     @torch.no_grad()
     def prefill(self, embeds: Tensor, position_ids: Tensor) -> tuple[PrefixCache, Tensor]:

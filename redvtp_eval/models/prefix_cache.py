@@ -70,7 +70,8 @@ class PrefixCache:
         return self.keys[layer].shape[2]
 
     def keep(self, mask: Tensor, layers: range | None = None) -> None:
-        """Keep the prompt entries where the (P,) boolean ``mask`` is true, in every layer (or in ``layers``)."""
+        """Keep the prompt entries where the (P,) boolean ``mask`` is true (or, without waiting for the device to
+        count them, those a sorted index tensor names), in every layer (or in ``layers``)."""
         for layer in layers if layers is not None else range(len(self.keys)):
             self.keys[layer] = self.keys[layer][:, :, mask]
             self.values[layer] = self.values[layer][:, :, mask]

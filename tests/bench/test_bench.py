@@ -19,11 +19,15 @@ from redvtp_eval.bench.report import device_directory
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
 from redvtp_eval.engine.flops import (
+    Roofline,
     denoising_step_flops,
+    forward_bytes,
     generation_flops,
     prefill_flops,
     probe_flops,
+    step_bytes,
     step_flops,
+    vision_bytes,
     vision_flops,
 )
 from redvtp_eval.models.lavida import Lavida
@@ -60,6 +64,26 @@ def test_a_cached_step_runs_the_response_rows_against_prompt_and_response_keys_b
     # The prefill: the 92 prompt positions among themselves, logits at the last one.
     prefill = 2 * (2 * 92 * 64 * 256) + 2 * (4 * 92**2 * 64) + 2 * (6 * 92 * 64 * 128) + 2 * 1 * 64 * 512
     assert prefill == prefill_flops(TINY.text, 92) == 19_472_384
+
+
+def test_step_bytes_of_the_tiny_language_model_by_hand():
+    # d=64, d_kv=64, m=128, 2 layers, V=512, half precision (w=2); 100 keys per layer, logits at G=8.
+    moved = step_bytes(TINY.text, logit_positions=8, keys=100, weight_bytes=2)
+    assert moved["weights"] == 2 * (2 * (64 * 256 + 3 * 64 * 128) + 64 * 512) == 2 * 114_688 == 229_376
+    assert moved["keys_values"] == 2 * (2 * 2 * 100 * 64) == 51_200
+    # head output 2, its float32 copy 2 + 4, argmax 4, float64 copy 4 + 8, float64 softmax 8 + 8: 40 per entry
+    assert moved["vocabulary"] == 8 * 512 * 40 == 163_840
+    assert moved["total"] == 444_416
+    assert step_bytes(TINY.text, 8, 100, weight_bytes=4)["vocabulary"] == 8 * 512 * 36  # float32: no copy
+    # a recorded forward with the same shape moves the same
+    assert forward_bytes(TINY.text, [(100, 100, 50)] * 2, 8, weight_bytes=2) == 444_416
+    # the tower: patch embedding 3·14²·32, per layer 4·32² + 2·32·64, the projector 32·64 + 64²
+    assert vision_bytes(TINY, weight_bytes=2) == 2 * (3 * 196 * 32 + 2 * (4 * 1024 + 4096) + 2048 + 4096)
+
+
+def test_the_roofline_adds_compute_time_and_memory_time():
+    roofline = Roofline(flops_per_s=1e12, bytes_per_s=1e9)
+    assert roofline.seconds(2e12, 3e9) == pytest.approx(2 + 3)
 
 
 def test_vision_flops_of_the_tiny_tower_by_hand():
@@ -346,3 +370,47 @@ def test_the_unpruned_pruner_is_refused_with_a_message(tmp_path):
     )
     assert result.returncode == 2
     assert "error: the benchmark compares a pruner with the unpruned model" in result.stderr
+
+
+def test_the_roofline_bound_is_the_recorded_runs_time_ratio_and_lower_than_the_flop_bound(tiny_report):
+    """The roofline also counts weights and vocabulary work, which pruning does not shorten."""
+    report, _ = tiny_report
+    for row in report["speed"]:
+        base, pruned = row["baseline"]["roofline_s"], row["pruned"]["roofline_s"]
+        assert row["roofline_speedup"] == base / pruned
+        assert row["achieved_over_roofline"] == row["speedup_p50"] / row["roofline_speedup"]
+        if row["ratio"] < 1:
+            assert 1 < row["roofline_speedup"] < row["ideal"]["speedup"]
+
+
+def test_the_long_answer_shape_is_256_tokens_in_blocks_of_32():
+    settings = generation_settings("llada_v", _shape("docvqa_long"), False, fast_dllm="dual")
+    assert (settings.gen_length, settings.steps, settings.block_length, settings.fast_dllm) == (256, 128, 32, "dual")
+    with pytest.raises(ValueError, match="no fast_dllm / threshold; run them on llada_v"):
+        generation_settings("lavida_dream", _shape("docvqa_long"), False, fast_dllm="dual")
+
+
+def test_a_fast_dllm_bench_refreshes_each_block_and_bounds_by_its_recorded_forwards(tmp_path):
+    overrides = [
+        "model=tiny",
+        "bench_size=tiny",
+        "bench_shape=docvqa_long",
+        "bench_shape.image_size=[384,384]",
+        "bench_shape.task.generation.llada_v.gen_length=64",
+        "bench_shape.task.generation.llada_v.steps=8",
+        "fast_dllm=dual",
+        "ratios=[0.25]",
+        "runs=1",
+        "warmup=0",
+        f"results_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        report, path = run_bench(compose("bench", overrides=overrides), "test")
+    assert path.name == "llada_v_docvqa_long_tiny_redvtp_fast_dual.json" and report["scoring"] is None
+    row = report["speed"][0]
+    # two blocks of 32 in 4 steps each: a full forward at each block's start, then the block alone (dual)
+    rows = [forward[0] for forward in row["pruned"]["runs"][0]["step_forward"]]
+    length = row["sequence_length"][1]
+    assert rows == [row["sequence_length"][0], 32, 32, 32, length, 32, 32, 32]
+    base, pruned = row["baseline"], row["pruned"]
+    assert row["ideal"]["speedup"] == base["flops_total"] / pruned["flops_total"] > 1

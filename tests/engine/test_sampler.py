@@ -102,7 +102,8 @@ def test_stop_string_ends_the_answer_before_it(tiny):
 def test_earliest_of_several_stop_sequences_wins():
     tokens = torch.tensor([5, 1, 2, 3, 1, 2])
     assert _first_stop(tokens, [torch.tensor([1, 2]), torch.tensor([3])]) == 1
-    assert _first_stop(tokens, [torch.tensor([2, 1])]) is None
+    assert _first_stop(tokens, [torch.tensor([3]), torch.tensor([1, 2])]) == 1
+    assert _first_stop(tokens, [torch.tensor([2, 1])]) == len(tokens)  # none: the length
 
 
 def test_sampling_with_temperature_is_reproducible_from_a_seed(tiny):
