@@ -4,6 +4,7 @@
     python -m redvtp_eval.bench                                   # H100/H200: LLaDA-V size, bf16, DocVQA shape
     python -m redvtp_eval.bench bench_shape=mcq
     python -m redvtp_eval.bench bench_shape=docvqa_long fast_dllm=dual     # 256 tokens in blocks of 32, dual cache
+    python -m redvtp_eval.bench workload=results/runs/…/samples.jsonl     # replay a paired job's step counts
     python -m redvtp_eval.bench model=lavida_llada                # LaViDa-LLaDA size, DocVQA page → 840 visual tokens
     python -m redvtp_eval.bench model=lavida_llada prefix_cache=true   # the same with LaViDa's prefix-KV cache
     python -m redvtp_eval.bench model=tiny bench_size=cpu         # reduced size on the CPU
@@ -32,7 +33,13 @@ from redvtp_eval.bench.profile import operator_tables
 from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
 from redvtp_eval.bench.speed import speed
-from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
+from redvtp_eval.bench.workload import (
+    architecture,
+    generation_settings,
+    make_workload,
+    random_model,
+    replayed_steps,
+)
 from redvtp_eval.engine.flops import Roofline, denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.llada_v import parse_dtype
@@ -48,7 +55,7 @@ def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
     keys = ("prefix_cache", "fast_dllm", "threshold", "ratios", "warmup", "runs", "scoring", "profile", "seed")
-    keys += ("roofline",)
+    keys += ("roofline", "workload")
     plain = {key: cfg[key] for key in keys}
     return OmegaConf.to_container(
         OmegaConf.create(
@@ -85,6 +92,12 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     size, shape, model_config = config["bench_size"], config["bench_shape"], config["model"]
     family_name, prefix_cache = model_config["family"], config["prefix_cache"]
     settings = generation_settings(family_name, shape, prefix_cache, config["fast_dllm"], config["threshold"])
+    replay = replayed_steps(Path(config["workload"])) if config["workload"] else None
+    if replay and max(max(counts) for counts in replay.values()) > settings.steps:
+        raise ValueError(
+            f"workload {config['workload']} ran more steps than bench_shape={shape['name']} plans ({settings.steps}): "
+            "choose the shape of the job's task"
+        )
     device = torch.device(model_config["device"])
     raw = architecture(family_name, size["text"], size["vision"])
     model = random_model(
@@ -109,6 +122,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         config["runs"],
         config["seed"],
         roofline,
+        replay,
     )
     compare_scoring = config["scoring"] and not prefix_cache and settings.fast_dllm == "none"
     scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if compare_scoring else None
@@ -129,6 +143,8 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "prefix_cache": settings.prefix_cache,
             "fast_dllm": settings.fast_dllm,
             "threshold": settings.threshold,
+            "workload": config["workload"],
+            "replayed_steps": replay,
             "visual_tokens": speed_results[0]["visual_tokens"][0],
             "crops": workload.crops,
             "prompt_tokens": first["prompt_tokens"],
@@ -146,6 +162,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         f"_fast_{settings.fast_dllm}" if settings.fast_dllm != "none" else ""
     )
     cache += f"_threshold{settings.threshold:g}" if settings.threshold is not None else ""
+    cache += "_replay" if replay else ""
     stem = f"{family_name}_{shape['name']}_{size['name']}_{config['pruner']['name']}{cache}"
     path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
     if config["profile"]:

@@ -104,7 +104,12 @@ def markdown(report: dict) -> str:
         f"{shape['image_size'][0]}×{shape['image_size'][1]}), {shape['prompt_tokens']} prompt tokens, "
         f"gen_length {shape['gen_length']}, {shape['steps']} steps, block {shape['block_length']}"
         f"{CACHED if shape['prefix_cache'] else ''}"
-        f"; every run does every step. {config['warmup']} warm-up + {runs} measured rounds per ratio, "
+        + (
+            f"; each run replays the step count of one sample of `{shape['workload']}` in turn (its side's)"
+            if shape.get("replayed_steps")
+            else "; every run does every step"
+        )
+        + f". {config['warmup']} warm-up + {runs} measured rounds per ratio, "
         "unpruned and pruned alternating.",
         "",
         "## End to end",

@@ -17,7 +17,10 @@ work after the LM head — that pruning does not shorten.
 
 from __future__ import annotations
 
+import itertools
 import statistics
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -33,14 +36,16 @@ from redvtp_eval.pruners import Pruner, make_pruner
 STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
 
 
-def one_run(workload: Workload, pruner: Pruner, seed: int, roofline: Roofline | None = None) -> dict:
+def one_run(
+    workload: Workload, pruner: Pruner, seed: int, roofline: Roofline | None = None, step_limit: int | None = None
+) -> dict:
+    """One generation, timed like an evaluation sample; ``step_limit``: end after that many steps (a replay)."""
     model = workload.model
+    settings = replace(workload.settings, step_limit=step_limit)
     generator = torch.Generator(model.device).manual_seed(seed)
     tower_layer = pruner.tower_attention_layer()
-    run = measure(
-        model.device, lambda: generate(model, workload.prompt(tower_layer), workload.settings, pruner, generator)
-    )
-    fields = generation_fields(run, workload.settings, model.config)
+    run = measure(model.device, lambda: generate(model, workload.prompt(tower_layer), settings, pruner, generator))
+    fields = generation_fields(run, settings, model.config)
     del fields["prediction"]
     steps = run.value.record.step_seconds
     scoring = pruner.prune_after_step
@@ -80,7 +85,9 @@ def _side(runs: list[dict]) -> dict:
         "roofline_s",
         "after_prune_step_flops",
     )
-    lengths = {key: runs[0][key] for key in counts} | {"flops_total": runs[0]["flops"]["total"]}
+    lengths = {key: runs[0][key] for key in counts} | {
+        "flops_total": statistics.fmean(run["flops"]["total"] for run in runs)
+    }
     summary = {key: value for key, value in side(runs, None).items() if key != "score"}
     return {**summary, **timings, **lengths, "runs": runs}
 
@@ -89,12 +96,13 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def ideal(workload: Workload, pruner: Pruner, pruned: dict, baseline: dict) -> dict:
+def ideal(workload: Workload, pruner: Pruner, pruned: dict, baseline: dict, replayed: bool = False) -> dict:
     """The FLOP model's speed-ups for this ratio: whole generation (what latency can gain) and one later step.
     The probe's rows are the non-visual positions, or with the prefix cache the response alone. With Fast-dLLM's
-    cache or parallel decoding the forwards are the ones the runs recorded (windows, fewer steps)."""
+    cache or parallel decoding, or a replay of a job's step counts, the forwards are the ones the runs recorded
+    (windows, fewer steps; the mean over the runs)."""
     config, settings = workload.model.config, workload.settings
-    if settings.fast_dllm != "none" or settings.threshold is not None:
+    if settings.fast_dllm != "none" or settings.threshold is not None or replayed:
         unpruned, with_pruning = baseline["flops_total"], pruned["flops_total"]
         return {
             "generation_flops_baseline": unpruned,
@@ -135,9 +143,16 @@ def ideal(workload: Workload, pruner: Pruner, pruned: dict, baseline: dict) -> d
     }
 
 
-def compare(workload: Workload, pruner: Pruner, ratio: float, runs: dict[str, list[dict]], order: list[str]) -> dict:
+def compare(
+    workload: Workload,
+    pruner: Pruner,
+    ratio: float,
+    runs: dict[str, list[dict]],
+    order: list[str],
+    replayed: bool = False,
+) -> dict:
     baseline, pruned = _side(runs["baseline"]), _side(runs["pruned"])
-    bound = ideal(workload, pruner, pruned, baseline)
+    bound = ideal(workload, pruner, pruned, baseline, replayed)
     speedup = _ratio(baseline["latency_s"]["p50"], pruned["latency_s"]["p50"])
     step_speedup = _ratio(baseline["after_prune_step_s"]["p50"], pruned["after_prune_step_s"]["p50"])
     scoring = _ratio(pruned["scoring_step_s"]["p50"], baseline["scoring_step_s"]["p50"])
@@ -170,8 +185,11 @@ def speed(
     runs: int,
     seed: int,
     roofline: Roofline,
+    replay: dict[str, list[int]] | None = None,
 ) -> list[dict]:
-    """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first."""
+    """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first. ``replay``: per
+    side, step counts that its runs take in turn (:func:`~redvtp_eval.bench.workload.replayed_steps`); None: every
+    run does every step."""
     results = []
     for ratio in ratios:
         pruner = make_pruner(pruner_name, ratio=ratio, **options)
@@ -179,6 +197,14 @@ def speed(
             "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed, roofline),
             "pruned": partial(one_run, workload, pruner, seed, roofline),
         }
+        if replay is not None:
+            variants = {name: cycling(run, replay[name]) for name, run in variants.items()}
         measured, order = alternate(variants, warmup, runs)
-        results.append(compare(workload, pruner, ratio, measured, order))
+        results.append(compare(workload, pruner, ratio, measured, order, replay is not None))
     return results
+
+
+def cycling(run: Callable[..., dict], counts: list[int]) -> Callable[[], dict]:
+    """``run`` with each step limit of ``counts`` in turn, one per call, starting over after the last."""
+    calls = itertools.count()
+    return lambda: run(step_limit=counts[next(calls) % len(counts)])

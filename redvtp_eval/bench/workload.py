@@ -16,7 +16,9 @@ prompt lengths, and the task's generation settings for the family, read by the f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -102,3 +104,21 @@ def make_workload(model: LladaV, shape: dict, settings: GenerationSettings, seed
     image = Image.new("RGB", tuple(shape["image_size"]), "white")
     _, layout = model.image_crops([image])
     return Workload(model, ids, image, settings, layout.crops)
+
+
+def replayed_steps(samples_path: Path) -> dict[str, list[int]]:
+    """Per side (``baseline``, ``pruned``), the denoising steps each sample of a finished paired job ran, in the
+    log's order (failed samples left out): what an evaluation's answers cost when they stop early, for the
+    benchmark to replay (``workload=…/samples.jsonl``) next to the every-step shape."""
+    if not samples_path.is_file():
+        raise ValueError(f"workload {samples_path} is not a file: give a finished job's samples.jsonl")
+    rows = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+    rows = [row for row in rows if not row.get("failed")]
+    if not rows:
+        raise ValueError(f"workload {samples_path} has no completed sample to replay")
+    if any("baseline" not in row for row in rows):
+        raise ValueError(
+            f"workload {samples_path} comes from an unpaired job (paired_baseline=false): its samples carry no "
+            "unpruned step count; replay a paired job's samples.jsonl"
+        )
+    return {"baseline": [row["baseline"]["steps"] for row in rows], "pruned": [row["steps"] for row in rows]}

@@ -129,7 +129,13 @@ class GenerationSettings:
     whose confidence is at least this (and the most confident one in any case), until the block is full; the
     fixed per-step counts and ``steps`` are then not used (a block takes at most ``block_length`` steps)."""
 
+    step_limit: int | None = None
+    """End after this many denoising steps in all, as if the answer had stopped there: the speed benchmark replays
+    the step counts of a finished job's samples with it (``workload``). None: no limit."""
+
     def __post_init__(self) -> None:
+        if self.step_limit is not None and self.step_limit < 1:
+            raise ValueError(f"step_limit counts denoising steps and must be >= 1, got {self.step_limit}")
         if min(self.gen_length, self.steps, self.block_length) < 1:
             raise ValueError("gen_length, steps and block_length must be positive")
         if self.gen_length % self.block_length:
@@ -752,7 +758,7 @@ def _generate(
 
     for block in range(settings.num_blocks):
         lo, hi = block * settings.block_length, (block + 1) * settings.block_length
-        if stop_at is not None and stop_at <= lo:
+        if (stop_at is not None and stop_at <= lo) or record.steps == settings.step_limit:
             break
         # Commits never reach past the current block, so every position of a block is masked when it starts (but
         # Dream's first token, taken from the prompt pass), and no stop string has been found yet (one found in an
@@ -762,7 +768,7 @@ def _generate(
         schedule = transfer_schedule(masked_in_block, steps_per_block, settings.schedule, settings.shift)
         block_steps = steps_per_block if settings.threshold is None else settings.block_length
         for block_step in range(block_steps):
-            if masked_before_stop == 0 or block_masked == 0:
+            if masked_before_stop == 0 or block_masked == 0 or record.steps == settings.step_limit:
                 break
             masked = tokens == mask_id
             record.steps += 1

@@ -17,7 +17,7 @@ from torch import nn
 from redvtp_eval.bench.__main__ import CONFIG_DIR, run_bench
 from redvtp_eval.bench.report import device_directory
 from redvtp_eval.bench.runs import alternate
-from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model
+from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model, replayed_steps
 from redvtp_eval.engine.flops import (
     Roofline,
     denoising_step_flops,
@@ -414,3 +414,49 @@ def test_a_fast_dllm_bench_refreshes_each_block_and_bounds_by_its_recorded_forwa
     assert rows == [row["sequence_length"][0], 32, 32, 32, length, 32, 32, 32]
     base, pruned = row["baseline"], row["pruned"]
     assert row["ideal"]["speedup"] == base["flops_total"] / pruned["flops_total"] > 1
+
+
+def test_a_workload_replays_each_sides_step_counts_of_a_finished_job(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        {"steps": 1, "failed": None, "baseline": {"steps": 2}},
+        {"steps": 9, "failed": "OOM", "baseline": {"steps": 9}},
+        {"steps": 2, "failed": None, "baseline": {"steps": 3}},
+    ]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert replayed_steps(samples) == {"baseline": [2, 3], "pruned": [1, 2]}
+    overrides = [
+        "model=tiny",
+        "bench_size=tiny",
+        "bench_shape=mcq",
+        "bench_shape.image_size=[384,384]",
+        "bench_shape.task.generation.llada_v.gen_length=4",
+        "bench_shape.task.generation.llada_v.block_length=4",
+        "bench_shape.task.generation.llada_v.steps=4",
+        "ratios=[0.5]",
+        "runs=3",
+        "warmup=1",
+        "scoring=false",
+        f"workload={samples}",
+        f"results_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        report, path = run_bench(compose("bench", overrides=overrides), "test")
+    assert path.name == "llada_v_mcq_tiny_redvtp_replay.json"
+    row = report["speed"][0]
+    # the warm-up round takes the first count of each side, the three measured rounds the next ones, cycling
+    assert [run["steps"] for run in row["baseline"]["runs"]] == [3, 2, 3]
+    assert [run["steps"] for run in row["pruned"]["runs"]] == [2, 1, 2]
+    flops = [run["flops"]["total"] for run in row["baseline"]["runs"]]
+    assert row["baseline"]["flops_total"] == pytest.approx(sum(flops) / 3) and flops[0] > flops[1]
+    assert row["ideal"]["speedup"] == row["baseline"]["flops_total"] / row["pruned"]["flops_total"]
+    assert "replays the step count" in path.with_suffix(".md").read_text()
+
+
+def test_a_workload_from_an_unpaired_job_is_refused_with_what_to_do(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"steps": 2, "failed": None}) + "\n")
+    with pytest.raises(ValueError, match="unpaired job .* replay a paired job"):
+        replayed_steps(samples)
+    with pytest.raises(ValueError, match="not a file"):
+        replayed_steps(tmp_path / "missing.jsonl")

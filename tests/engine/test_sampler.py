@@ -122,11 +122,26 @@ def test_sampling_with_temperature_is_reproducible_from_a_seed(tiny):
         ({"schedule": "sqrt"}, "schedule 'sqrt' is not one of uniform"),
         ({"shift": 0}, "shift must be > 0"),
         ({"steps": 0}, "must be positive"),
+        ({"step_limit": 0}, "step_limit counts denoising steps"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GenerationSettings(**kwargs)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5])
+def test_a_step_limit_ends_the_generation_there_with_the_same_commits_so_far(tiny, limit):
+    prompt = tiny.prepare("Q", [page()])
+    settings = GenerationSettings(16, 8, 8, stop_strings=())
+    full = generate(tiny, prompt, settings, make_pruner("redvtp", ratio=0.5)).record
+    cut = generate(
+        tiny, prompt, GenerationSettings(16, 8, 8, stop_strings=(), step_limit=limit), make_pruner("redvtp", ratio=0.5)
+    )
+    assert cut.record.steps == len(cut.record.step_seconds) == limit
+    assert cut.record.unmasked_per_step == full.unmasked_per_step[:limit]
+    assert cut.record.forwards == full.forwards[: len(cut.record.forwards)]
+    assert cut.record.visual_tokens_after == full.visual_tokens_after < full.visual_tokens_before
 
 
 def test_the_record_accounts_for_time_and_tokens(tiny):
