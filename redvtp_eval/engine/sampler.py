@@ -707,6 +707,7 @@ def _generate(
                 region=region,
                 generator=generator,
                 tower_attention=prompt.tower_attention if pruner.needs_tower_attention else None,
+                crops=prompt.token_crops,
             )
             reduction = _check_reduction(as_reduction(pruner.before_lm(visual)), sequence.spans, pruner.name)
             if reduction is not None:

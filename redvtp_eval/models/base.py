@@ -34,6 +34,9 @@ class Prompt:
     tower_attention: list[Tensor] | None = None
     """Per image, (N,) float32 attention each visual token received in the vision tower, aligned with its span;
     only when ``prepare`` was asked for it (``tower_layer``), None otherwise."""
+    token_crops: list[Tensor] | None = None
+    """Per image, (N,) long: the crop each visual token's value mostly comes from (0: the AnyRes base view, 1…: the
+    tiles row-major; −1: ``image_newline``); None when the image is one crop (several images per prompt)."""
 
     @property
     def visual_tokens(self) -> int:

@@ -422,6 +422,17 @@ class LladaV:
         zero = torch.zeros(1, dtype=torch.float32, device=received.device)
         return [block[:, 0] for block in self.visual_blocks(received.float()[..., None], layout, newline=zero)]
 
+    def visual_crops(self, layout: CropLayout) -> list[Tensor] | None:
+        """Per image, (N,) long: the crop each visual token mostly comes from (0: base view, 1…: tiles row-major,
+        −1: ``image_newline``), by sending a one-hot crop map along the features' path (pooling, un-padding,
+        shrinking, row layout) and taking each token's largest share; None for one crop per image."""
+        if layout.grid is None:
+            return None
+        tokens = (self.config.vision.image_size // self.config.vision.patch_size) ** 2
+        one_hot = torch.eye(layout.crops, device=self.device)[:, None, :].expand(-1, tokens, -1)
+        (shares,) = self.visual_blocks(one_hot, layout, newline=torch.zeros(layout.crops, device=self.device))
+        return [torch.where(shares.sum(dim=1) > 0, shares.argmax(dim=1), torch.full_like(shares[:, 0], -1).long())]
+
     def answer_region(self, image: Image.Image, box: tuple[float, float, float, float]) -> Tensor:
         """(N,) boolean mask of the visual tokens of a one-image prompt that cover ``box`` (pixels of ``image``):
         what the oracle pruners are told (``generate(..., region=[mask])``)."""
@@ -481,7 +492,7 @@ class LladaV:
         vision encoder and splice. The speed benchmark enters here with synthetic ids of a workload's length.
         ``tower_layer``: see :meth:`prepare` (recorded inside the ``vision`` timer)."""
         timer = Timer(self.device)
-        visual, grids, crops, scores = [], [], 0, None
+        visual, grids, crops, scores, token_crops = [], [], 0, None, None
         if images:
             with timer("preprocess"):
                 pixels, layout = self.image_crops(images)
@@ -491,7 +502,7 @@ class LladaV:
                 else:
                     features, received = self.network.encode_crops_with_attention(pixels, tower_layer)
                     visual, scores = self.visual_blocks(features, layout), self.visual_scores(received, layout)
-            grids, crops = self.visual_grids(visual, layout), layout.crops
+            grids, crops, token_crops = self.visual_grids(visual, layout), layout.crops, self.visual_crops(layout)
         embeds, spans = self.splice(ids, visual)
         return Prompt(
             embeds=embeds,
@@ -500,6 +511,7 @@ class LladaV:
             visual_grids=grids,
             crops=crops,
             tower_attention=scores,
+            token_crops=token_crops,
         )
 
     def embed(self, token_ids: Tensor) -> Tensor:

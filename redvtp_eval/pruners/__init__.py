@@ -19,12 +19,14 @@ from redvtp_eval.pruners.d3tom import D3ToM
 from redvtp_eval.pruners.dart import Dart
 from redvtp_eval.pruners.divprune import DivPrune
 from redvtp_eval.pruners.fastv import FastV, LladaFastV
+from redvtp_eval.pruners.lvpruning import LVPruning
 from redvtp_eval.pruners.oracle import AntiOracle, Oracle
 from redvtp_eval.pruners.pdrop import PDrop
 from redvtp_eval.pruners.pooling import Pooling
 from redvtp_eval.pruners.ptp import PTP
 from redvtp_eval.pruners.random import RandomPruner
 from redvtp_eval.pruners.redvtp import RedVTP
+from redvtp_eval.pruners.rfm_dip import RfmDip
 from redvtp_eval.pruners.sparsevlm import SparseVLM
 from redvtp_eval.pruners.star import Star
 from redvtp_eval.pruners.transprune import TransPrune
@@ -53,6 +55,8 @@ PRUNERS: dict[str, type[Pruner]] = {
     "ptp": PTP,
     "vscan": VScan,
     "vflowopt": VFlowOpt,
+    "lvpruning": LVPruning,
+    "rfm_dip": RfmDip,
 }
 
 

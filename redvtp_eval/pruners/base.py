@@ -131,6 +131,9 @@ class VisualInput:
     ``features`` (the model's rule: received attention of the patches at layer :attr:`Pruner.tower_layer`,
     averaged over heads and query patches, carried through the same pooling and AnyRes packing as the features;
     ``image_newline`` tokens 0). Filled only for a pruner with ``needs_tower_attention``; None otherwise."""
+    crops: list[Tensor] | None = None
+    """Per image, (N,) long: the AnyRes crop each token mostly comes from (0: base view, 1…: tiles row-major, −1:
+    ``image_newline``), as the model laid them out; None when the model does not say (one crop per image)."""
 
 
 @dataclass(frozen=True)
