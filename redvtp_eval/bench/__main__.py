@@ -1,5 +1,5 @@
 """python -m redvtp_eval.bench [model=…] [bench_size=full|cpu|tiny] [bench_shape=docvqa|docvqa_long|mcq] [pruner=…]
-    [prefix_cache=…] [fast_dllm=none|prefix|dual] [threshold=…]
+    [prefix_cache=…] [fast_dllm=none|prefix|dual] [threshold=…] [project=full|cpu|tiny]
 
     python -m redvtp_eval.bench                                   # H100/H200: LLaDA-V size, bf16, DocVQA shape
     python -m redvtp_eval.bench bench_shape=mcq
@@ -8,12 +8,14 @@
     python -m redvtp_eval.bench model=lavida_llada                # LaViDa-LLaDA size, DocVQA page → 840 visual tokens
     python -m redvtp_eval.bench model=lavida_llada prefix_cache=true   # the same with LaViDa's prefix-KV cache
     python -m redvtp_eval.bench model=tiny bench_size=cpu         # reduced size on the CPU
+    python -m redvtp_eval.bench model=tiny bench_size=cpu project=full   # … and its forwards' FLOPs at LLaDA-V size
     python -m redvtp_eval.bench model=tiny bench_size=tiny runs=2 warmup=0 'ratios=[1.0,0.25]'
 
 The speed benchmark (Hydra, ``configs/bench.yaml``): the model group's family with random weights at the
 chosen size, one synthetic request of the chosen shape with the shape's task settings for that family,
 the evaluation's engine with the chosen pruner at every ratio in ``ratios`` against the unpruned model,
-the FLOP model's bound, and (``scoring=true``, uncached runs only) the scoring step against the official
+the FLOP model's bound, (``project=<size>``) the FLOP model and roofline at another size's dimensions on the
+forwards the runs recorded, and (``scoring=true``, uncached runs only) the scoring step against the official
 way. Of the model group only ``family``, ``dtype``, ``device`` and ``attn_implementation`` are read:
 nothing is loaded or downloaded.
 """
@@ -32,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from redvtp_eval.bench.profile import operator_tables
 from redvtp_eval.bench.report import device_directory, markdown, write
 from redvtp_eval.bench.scoring import scoring
-from redvtp_eval.bench.speed import speed
+from redvtp_eval.bench.speed import PROJECTED_WEIGHT_BYTES, Projection, speed
 from redvtp_eval.bench.workload import (
     architecture,
     generation_settings,
@@ -42,7 +44,8 @@ from redvtp_eval.bench.workload import (
 )
 from redvtp_eval.engine.flops import Roofline, denoising_step_flops, prefill_flops, vision_flops
 from redvtp_eval.harness.environment import environment
-from redvtp_eval.models.llada_v import parse_dtype
+from redvtp_eval.models.llada_v import LladaVConfig, parse_dtype
+from redvtp_eval.models.make_tiny import TINY
 from redvtp_eval.pruners import make_pruner
 from redvtp_eval.pruners.base import check_ratio
 
@@ -55,7 +58,7 @@ def bench_config(cfg: DictConfig) -> dict:
     """The composed config as the report records it (the pruner's ``tag`` names evaluation jobs and is left out)."""
     pruner = {key: cfg.pruner[key] for key in cfg.pruner if key != "tag"}
     keys = ("prefix_cache", "fast_dllm", "threshold", "ratios", "warmup", "runs", "scoring", "profile", "seed")
-    keys += ("roofline", "workload")
+    keys += ("roofline", "workload", "project")
     plain = {key: cfg[key] for key in keys}
     return OmegaConf.to_container(
         OmegaConf.create(
@@ -85,8 +88,24 @@ def check(config: dict) -> None:
         raise ValueError("model.device is cuda but no CUDA device is visible; on a CPU use model=tiny bench_size=cpu")
 
 
-def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
-    """Build the workload, run every measurement, write the report; returns it and the JSON path."""
+def projection(family_name: str, size_name: str, run_config: LladaVConfig) -> tuple[Projection, dict]:
+    """``project=<size>``: that bench size's network config, as the family's loader reads it, and its config.json."""
+    path = CONFIG_DIR / "bench_size" / f"{size_name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ValueError(f"project={size_name} is not a bench size: choose one of {choices}")
+    size = OmegaConf.to_container(OmegaConf.load(path))
+    raw = architecture(family_name, size["text"], size["vision"])
+    config = TINY[family_name].network_config(raw, "sdpa")
+    patches = [(c.vision.image_size, c.vision.patch_size) for c in (config, run_config)]
+    if patches[0] != patches[1]:
+        raise ValueError(f"project={size_name}: its crops have other patches (image, patch {patches}) than the run's")
+    return Projection(size_name, config), raw
+
+
+def run_bench(cfg: DictConfig, command: str, subfolder: str = "") -> tuple[dict, Path]:
+    """Build the workload, run every measurement, write the report (in ``subfolder`` of the device's folder);
+    returns it and the JSON path."""
     config = bench_config(cfg)
     check(config)
     size, shape, model_config = config["bench_size"], config["bench_shape"], config["model"]
@@ -109,6 +128,9 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         config["seed"],
     )
     workload = make_workload(model, shape, settings, config["seed"])
+    projected, projected_raw = (
+        projection(family_name, config["project"], model.config) if config["project"] else (None, None)
+    )
     facts = environment(device)
     load_before = os.getloadavg()
     options = {key: value for key, value in config["pruner"].items() if key != "name"}
@@ -123,6 +145,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
         config["seed"],
         roofline,
         replay,
+        projected,
     )
     compare_scoring = config["scoring"] and not prefix_cache and settings.fast_dllm == "none"
     scoring_result = scoring(workload, GOAL_RATIO, config["warmup"], config["runs"]) if compare_scoring else None
@@ -155,6 +178,16 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
             "prefill": prefill_flops(model.config.text, first["prompt_tokens"]) if prefix_cache else None,
             "step_unpruned": denoising_step_flops(model.config.text, length, settings.gen_length, prefix_cache),
         },
+        "projection": (
+            {
+                "size": projected.size,
+                "architecture": projected_raw,
+                "vision_flops": vision_flops(projected.config, workload.crops),
+                "weight_bytes": PROJECTED_WEIGHT_BYTES,
+            }
+            if projected
+            else None
+        ),
         "speed": speed_results,
         "scoring": scoring_result,
     }
@@ -164,7 +197,7 @@ def run_bench(cfg: DictConfig, command: str) -> tuple[dict, Path]:
     cache += f"_threshold{settings.threshold:g}" if settings.threshold is not None else ""
     cache += "_replay" if replay else ""
     stem = f"{family_name}_{shape['name']}_{size['name']}_{config['pruner']['name']}{cache}"
-    path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]), stem)
+    path = write(report, device_directory(cfg.results_dir, report["environment"]["device"]) / subfolder, stem)
     if config["profile"]:
         pruner = make_pruner(config["pruner"]["name"], ratio=GOAL_RATIO, **options)
         path.with_name(f"{stem}_profile.txt").write_text(operator_tables(workload, pruner, config["seed"]))

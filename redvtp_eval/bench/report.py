@@ -71,6 +71,30 @@ def step_table(report: dict) -> list[str]:
     return lines
 
 
+def projection_table(report: dict) -> list[str]:
+    lines = [
+        "| r | generation TFLOP, unpruned → pruned | FLOP speed-up "
+        "| roofline s, unpruned → pruned | roofline speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["speed"]:
+        p = row["projected"]
+        tflop = f"{p['generation_flops_baseline'] / 1e12:.4g} → {p['generation_flops_pruned'] / 1e12:.4g}"
+        lines.append(
+            f"| {row['ratio']:g} | {tflop} "
+            f"| {p['speedup']:.2f}× | {_num(p['roofline_s_baseline'])} → {_num(p['roofline_s_pruned'])} "
+            f"| {_num(p['roofline_speedup'], '.2f')}× |"
+        )
+    return lines
+
+
+PROJECTION_NOTE = (
+    "The FLOP model and the roofline (weights in half precision, the configured machine) evaluated at these "
+    "dimensions on the forwards the runs recorded, each layer as the run's: no kernel efficiency is modelled, and "
+    "memory-bound work only through the roofline."
+)
+
+
 def scoring_table(scoring: dict) -> list[str]:
     lines = ["| scoring step | p50 s | p90 s | vs plain (p50) | peak GiB |", "|---|---|---|---|---|"]
     plain = scoring["steps"]["plain"]["seconds"]["p50"]
@@ -120,6 +144,15 @@ def markdown(report: dict) -> str:
         "",
         *step_table(report),
     ]
+    if report.get("projection"):
+        lines += [
+            "",
+            f"## Projected to the `{report['projection']['size']}` size",
+            "",
+            PROJECTION_NOTE,
+            "",
+            *projection_table(report),
+        ]
     if report["scoring"]:
         lines += [
             "",

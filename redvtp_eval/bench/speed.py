@@ -13,6 +13,10 @@ Two bounds: the FLOP model's speed-up (what pruning can gain if time follows FLO
 (``engine.flops.Roofline``: FLOPs / peak + bytes / bandwidth of the forwards each run recorded, with the machine's
 numbers from the config), which also counts the memory-bound work — weights, keys/values and the vocabulary-sized
 work after the LM head — that pruning does not shorten.
+
+With a :class:`Projection` (``project=<size>``) each run's recorded forwards are also counted at another bench
+size's dimensions (``engine.flops.at_depth``): the FLOPs and roofline time a run at that size would take with the
+same sequence and the same sampler decisions, which do not depend on the width.
 """
 
 from __future__ import annotations
@@ -20,24 +24,67 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 
 from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import Workload
-from redvtp_eval.engine.flops import Roofline, denoising_step_flops, forward_flops, generation_flops, recorded_seconds
-from redvtp_eval.engine.sampler import generate
+from redvtp_eval.engine.flops import (
+    Roofline,
+    at_depth,
+    denoising_step_flops,
+    forward_flops,
+    generation_flops,
+    recorded_flops,
+    recorded_seconds,
+)
+from redvtp_eval.engine.sampler import GenerationRecord, generate
 from redvtp_eval.harness.measurement import generation_fields, measure
 from redvtp_eval.harness.summary import distribution, side
+from redvtp_eval.models.llada_v import LladaVConfig
 from redvtp_eval.pruners import Pruner, make_pruner
 
 STEP_TIMINGS = ("prefill_s", "scoring_step_s", "after_prune_step_s")
+PROJECTED_WEIGHT_BYTES = 2
+"""The projection's roofline counts half-precision weights: the checkpoints' dtype, the one its peak is stated for."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The FLOP model and the roofline at the dimensions of bench size ``size``, on a run's recorded forwards."""
+
+    size: str
+    config: LladaVConfig
+
+    @property
+    def depth(self) -> int:
+        return self.config.text.num_hidden_layers
+
+    def check(self, pruner: Pruner, run_depth: int) -> None:
+        """Refuse a pruner that acts inside the LM: its layers differ in shape, and which layers depends on depth."""
+        layers = pruner.lm_layers(self.depth) or pruner.lm_layers(run_depth)
+        if layers:
+            raise ValueError(
+                f"project={self.size}: pruner {pruner.name!r} acts inside the language model (after layers {layers}), "
+                f"so a forward's layers differ in shape and a {run_depth}-layer run does not show them at "
+                f"{self.depth} layers; drop project= or choose a pruner that acts before the LM or between steps"
+            )
+
+    def of(self, record: GenerationRecord, roofline: Roofline | None) -> dict:
+        carried = at_depth(record, self.depth)
+        seconds = recorded_seconds(self.config, carried, roofline, PROJECTED_WEIGHT_BYTES) if roofline else None
+        return {"flops_total": recorded_flops(self.config, carried)["total"], "roofline_s": seconds}
 
 
 def one_run(
-    workload: Workload, pruner: Pruner, seed: int, roofline: Roofline | None = None, step_limit: int | None = None
+    workload: Workload,
+    pruner: Pruner,
+    seed: int,
+    roofline: Roofline | None = None,
+    projection: Projection | None = None,
+    step_limit: int | None = None,
 ) -> dict:
     """One generation, timed like an evaluation sample; ``step_limit``: end after that many steps (a replay)."""
     model = workload.model
@@ -63,6 +110,7 @@ def one_run(
         "roofline_s": (
             recorded_seconds(model.config, run.value.record, roofline, model.dtype.itemsize) if roofline else None
         ),
+        "projected": projection.of(run.value.record, roofline) if projection else None,
         "after_prune_step_flops": (
             statistics.fmean(forward_flops(model.config.text, f.layers, f.logits, f.probed) for f in after)
             if after
@@ -89,11 +137,35 @@ def _side(runs: list[dict]) -> dict:
         "flops_total": statistics.fmean(run["flops"]["total"] for run in runs)
     }
     summary = {key: value for key, value in side(runs, None).items() if key != "score"}
+    projected = [run["projected"] for run in runs if run["projected"]]
+    lengths["projected"] = (
+        {key: _mean([p[key] for p in projected]) for key in ("flops_total", "roofline_s")} if projected else None
+    )
     return {**summary, **timings, **lengths, "runs": runs}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return statistics.fmean(values) if None not in values else None
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
+
+
+def projected(projection: Projection | None, baseline: dict, pruned: dict) -> dict | None:
+    """The two sides' mean FLOPs and roofline seconds at the projected size, and their ratios."""
+    if projection is None:
+        return None
+    base, with_pruning = baseline["projected"], pruned["projected"]
+    return {
+        "size": projection.size,
+        "generation_flops_baseline": base["flops_total"],
+        "generation_flops_pruned": with_pruning["flops_total"],
+        "speedup": base["flops_total"] / with_pruning["flops_total"],
+        "roofline_s_baseline": base["roofline_s"],
+        "roofline_s_pruned": with_pruning["roofline_s"],
+        "roofline_speedup": _ratio(base["roofline_s"], with_pruning["roofline_s"]),
+    }
 
 
 def ideal(workload: Workload, pruner: Pruner, pruned: dict, baseline: dict, replayed: bool = False) -> dict:
@@ -150,6 +222,7 @@ def compare(
     runs: dict[str, list[dict]],
     order: list[str],
     replayed: bool = False,
+    projection: Projection | None = None,
 ) -> dict:
     baseline, pruned = _side(runs["baseline"]), _side(runs["pruned"])
     bound = ideal(workload, pruner, pruned, baseline, replayed)
@@ -170,6 +243,7 @@ def compare(
         "roofline_speedup": _ratio(baseline["roofline_s"], pruned["roofline_s"]),
         "achieved_over_roofline": _ratio(speedup, _ratio(baseline["roofline_s"], pruned["roofline_s"])),
         "step_achieved_over_ideal": _ratio(step_speedup, bound["step_speedup"]),
+        "projected": projected(projection, baseline, pruned),
         "order": order,
         "baseline": baseline,
         "pruned": pruned,
@@ -186,21 +260,26 @@ def speed(
     seed: int,
     roofline: Roofline,
     replay: dict[str, list[int]] | None = None,
+    projection: Projection | None = None,
 ) -> list[dict]:
     """Per ratio: ``warmup`` + ``runs`` rounds of (baseline, pruned), alternating which goes first. ``replay``: per
     side, step counts that its runs take in turn (:func:`~redvtp_eval.bench.workload.replayed_steps`); None: every
-    run does every step."""
+    run does every step. ``projection``: also count each run's forwards at that size (checked before any run)."""
+    pruners = [make_pruner(pruner_name, ratio=ratio, **options) for ratio in ratios]
+    if projection is not None:
+        for pruner in pruners:
+            projection.check(pruner, workload.model.num_layers)
     results = []
-    for ratio in ratios:
-        pruner = make_pruner(pruner_name, ratio=ratio, **options)
+    for ratio, pruner in zip(ratios, pruners):
+        unpruned = Pruner(prune_after_step=pruner.prune_after_step)
         variants = {
-            "baseline": partial(one_run, workload, Pruner(prune_after_step=pruner.prune_after_step), seed, roofline),
-            "pruned": partial(one_run, workload, pruner, seed, roofline),
+            "baseline": partial(one_run, workload, unpruned, seed, roofline, projection),
+            "pruned": partial(one_run, workload, pruner, seed, roofline, projection),
         }
         if replay is not None:
             variants = {name: cycling(run, replay[name]) for name, run in variants.items()}
         measured, order = alternate(variants, warmup, runs)
-        results.append(compare(workload, pruner, ratio, measured, order, replay is not None))
+        results.append(compare(workload, pruner, ratio, measured, order, replay is not None, projection))
     return results
 
 

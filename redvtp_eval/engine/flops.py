@@ -38,7 +38,7 @@ can save, and the bound is far lower.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from transformers import PretrainedConfig
@@ -156,6 +156,22 @@ def recorded_flops(config: LladaVConfig, record) -> dict[str, float]:
         "total": vision + forwards,
         "effective_visual_tokens": record.effective_visual_tokens,
     }
+
+
+def at_depth(record, depth: int):
+    """A copy of the :class:`~redvtp_eval.engine.sampler.GenerationRecord` with every forward carried to ``depth``
+    layers, each as the recorded ones: the same forwards at another size (the shapes depend on the sequence and the
+    sampler's decisions, not on the width). Valid only where a forward's layers all have one shape, which pruning
+    inside the LM breaks."""
+    forwards = []
+    for f in record.forwards:
+        if len(set(f.layers)) > 1 or len(set(f.probed)) > 1:
+            raise ValueError(
+                f"a recorded {f.kind} forward has layers of different shapes (pruning inside the LM): it cannot be "
+                f"carried to {depth} layers"
+            )
+        forwards.append(replace(f, layers=f.layers[:1] * depth, probed=f.probed[:1] * depth))
+    return replace(record, forwards=forwards)
 
 
 VOCABULARY_PASSES_BYTES = 32

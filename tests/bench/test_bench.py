@@ -20,6 +20,7 @@ from redvtp_eval.bench.runs import alternate
 from redvtp_eval.bench.workload import architecture, generation_settings, make_workload, random_model, replayed_steps
 from redvtp_eval.engine.flops import (
     Roofline,
+    at_depth,
     denoising_step_flops,
     forward_bytes,
     generation_flops,
@@ -30,6 +31,7 @@ from redvtp_eval.engine.flops import (
     vision_bytes,
     vision_flops,
 )
+from redvtp_eval.engine.sampler import ForwardShape, GenerationRecord
 from redvtp_eval.models.lavida import Lavida
 from redvtp_eval.models.llada_v import LladaVConfig, build_network
 from redvtp_eval.models.make_tiny import TINY as TINY_FAMILIES
@@ -460,3 +462,87 @@ def test_a_workload_from_an_unpaired_job_is_refused_with_what_to_do(tmp_path):
         replayed_steps(samples)
     with pytest.raises(ValueError, match="not a file"):
         replayed_steps(tmp_path / "missing.jsonl")
+
+
+def _cpu_forward(rows: int, keys: int, logits: int, probe_rows: int = 0) -> int:
+    """One forward at the cpu size by hand: d=128, one layer of one 128-dim head (d_kv=128), m=384, V=126464."""
+    projections = 2 * rows * 128 * (2 * 128 + 2 * 128)
+    attention = 4 * rows * keys * 128 + 2 * probe_rows * keys * 128
+    return projections + attention + 6 * rows * 128 * 384 + 2 * logits * 128 * 126464
+
+
+# the cpu size's tower on 2 crops of 27² = 729 patches: width 32, MLP 64, one layer; projector 32 → 128 → 128
+CPU_VISION = 2 * (
+    2 * 729 * 3 * 14**2 * 32
+    + (8 * 729 * 32**2 + 4 * 729**2 * 32 + 4 * 729 * 32 * 64)
+    + 2 * 729 * (32 * 128 + 128 * 128)
+)
+
+
+@pytest.fixture(scope="module")
+def projected_report(tmp_path_factory):
+    """The tiny model (2 layers of d 64) on a small multiple-choice page, its forwards projected to the cpu size."""
+    overrides = [
+        "model=tiny",
+        "bench_size=tiny",
+        "bench_shape=mcq",
+        "bench_shape.image_size=[384,384]",
+        "ratios=[1.0,0.25]",
+        "runs=1",
+        "warmup=0",
+        "scoring=false",
+        "project=cpu",
+        f"results_dir={tmp_path_factory.mktemp('bench')}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return run_bench(compose("bench", overrides=overrides), "test")
+
+
+def test_the_projection_is_the_flop_model_at_the_other_size_on_the_recorded_forwards_by_hand(projected_report):
+    report, path = projected_report
+    assert report["projection"]["size"] == "cpu" and report["projection"]["vision_flops"] == CPU_VISION
+    length = 47 + 1485 + 60 + 2
+    # unpruned: 2 steps over the whole sequence, the LM head on the 2 masked positions, then on the 1 left
+    baseline = CPU_VISION + _cpu_forward(length, length, 2) + _cpu_forward(length, length, 1)
+    # RedVTP r = 0.25: step 1 probes the 109 non-visual rows, step 2 runs on 109 + 371 kept positions
+    after = length - 1485 + kept_count(1485, 0.25)
+    pruned = CPU_VISION + _cpu_forward(length, length, 2, probe_rows=109) + _cpu_forward(after, after, 1)
+    unpruned_row, pruned_row = report["speed"]
+    assert unpruned_row["projected"]["generation_flops_baseline"] == baseline
+    assert pruned_row["projected"]["generation_flops_baseline"] == baseline
+    assert pruned_row["projected"]["generation_flops_pruned"] == pruned
+    assert pruned_row["projected"]["speedup"] == baseline / pruned
+    assert pruned_row["pruned"]["runs"][0]["projected"]["flops_total"] == pruned
+    # the run's own-size bound is another number: the tiny size (d 64, 2 layers) weighs attention differently
+    assert pruned_row["ideal"]["speedup"] != pytest.approx(pruned_row["projected"]["speedup"], rel=1e-3)
+    roofline = pruned_row["projected"]
+    assert roofline["roofline_speedup"] == roofline["roofline_s_baseline"] / roofline["roofline_s_pruned"]
+    assert 1 < roofline["roofline_speedup"] < roofline["speedup"]
+    assert "## Projected to the `cpu` size" in path.with_suffix(".md").read_text()
+
+
+def test_at_depth_carries_uniform_layers_and_refuses_layers_of_different_shapes():
+    record = GenerationRecord(prompt_tokens=10, visual_tokens_before=6, visual_tokens_after=6, crops=1)
+    record.forwards = [ForwardShape("step", [(12, 12, 6)] * 2, 2, [4, 4])]
+    (carried,) = at_depth(record, 5).forwards
+    assert carried.layers == [(12, 12, 6)] * 5 and carried.probed == [4] * 5 and carried.logits == 2
+    assert record.forwards[0].layers == [(12, 12, 6)] * 2 and at_depth(record, 5).crops == 1
+    record.forwards = [ForwardShape("step", [(12, 12, 6), (12, 9, 3)], 2, [0, 0])]
+    with pytest.raises(ValueError, match="layers of different shapes"):
+        at_depth(record, 32)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pruner=llada_fastv", "project=full"], "'llada_fastv' acts inside the language model .* drop project="),
+        (["project=huge"], "project=huge is not a bench size: choose one of cpu, full, tiny"),
+    ],
+)
+def test_a_projection_is_refused_for_a_pruner_inside_the_lm_and_an_unknown_size(tmp_path, overrides, message):
+    base = ["model=tiny", "bench_size=tiny", "bench_shape=mcq", "bench_shape.image_size=[384,384]", "ratios=[0.25]"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=[*base, "runs=1", "warmup=0", f"results_dir={tmp_path}", *overrides])
+    with pytest.raises(ValueError, match=message):
+        run_bench(cfg, "test")
+    assert not list(tmp_path.rglob("*.json"))  # refused before any run
