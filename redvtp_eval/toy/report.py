@@ -1,12 +1,14 @@
 """The toy model's report: every pruner of the registry on the held-out toy tasks, written to ``results/toy/``.
 
-    S="model=toy limit=16 results_dir=results/runs/toy-report wandb.mode=disabled"
-    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=oracle ratio=0.1,0.25,0.5,0.75
-    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=anti_oracle ratio=0.9
-    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq pruner=random ratio=0.25
+    S="model=toy limit=64 results_dir=results/runs/toy-report wandb.mode=disabled"
+    T="task=redvtp_toy_docvqa,redvtp_toy_mcq"
+    python -m redvtp_eval -m $S $T pruner=oracle ratio=0.1,0.25,0.5,0.75
+    python -m redvtp_eval -m $S $T pruner=anti_oracle ratio=0.9
+    python -m redvtp_eval -m $S $T pruner=random ratio=0.25
     python -m redvtp_eval -m $S task=redvtp_toy_docvqa pruner=redvtp ratio=0.5          # the default job's setting
-    python -m redvtp_eval -m $S task=redvtp_toy_docvqa,redvtp_toy_mcq ratio=0.25 paired_baseline=false \
-        pruner=redvtp,pooling,divprune,fastv,llada_fastv,pdrop,dart,d3tom,visionzip,sparsevlm
+    python -m redvtp_eval -m $S $T ratio=0.25 paired_baseline=false \
+        pruner=redvtp,pooling,divprune,fastv,llada_fastv,pdrop,dart,d3tom,visionzip,sparsevlm,star,transprune,\
+adaptinfer,ptp,vscan,vflowopt,lvpruning,rfm_dip
     python -m redvtp_eval.toy.report results/runs/toy-report
 
 Where it sits: after sweeps of ``python -m redvtp_eval`` (paired jobs: a ``metrics.json`` holds the pruned and

@@ -1,6 +1,8 @@
 """Train a small LLaDA-V on the toy task, so that accuracy means something without the real weights.
 
-    python -m redvtp_eval.toy.train checkpoints/toy-llada-v --steps 800 --lr 3e-3 --thin 0.7 --eval-every 200  # shipped
+    python -m redvtp_eval.toy.train /tmp/toy/stage1 --steps 3000 --lr 1e-3 --ramp 0.6 --eval-every 500   # shipped,
+    python -m redvtp_eval.toy.train checkpoints/toy-llada-v --init-from /tmp/toy/stage1 --steps 2000 --lr 1e-3 \
+        --ramp 0.01 --free-share 0.8 --seed 1 --eval-every 500                                        # two stages
     python -m redvtp_eval.toy.train /tmp/micro --size micro --steps 20   # a smoke run
 
 Where it sits: it writes a checkpoint that ``load_llada_v`` reads like any other (same classes,
@@ -12,9 +14,11 @@ which keeps the marginal uniform and the 1/t-weighted loss less noisy), mask eac
 probability t, and take the cross-entropy on the masked positions weighted by 1/t,
 divided by the response length. The response is the answer followed by ``<|eot_id|>`` up to the task's
 ``gen_length``, so training sees the generation lengths that evaluation uses. Vision tower, projector
-and language model are trained together with AdamW (warm-up, cosine decay). Batches alternate between
-the free-answer and the multiple-choice form. Seeded; the same command gives the same weights on the
-same machine.
+and language model are trained together with AdamW (warm-up, cosine decay). Batches are of one form each,
+free answer or multiple choice, interleaved at ``--free-share`` (alternating at 0.5). The shipped model took two
+stages: the thinning curriculum with both forms alike, then whole and thinned pages mixed, mostly free answers
+(the stripe triple is learnt later than the middle stripe alone). Seeded; the same commands give the same weights
+on the same machine.
 """
 
 from __future__ import annotations
@@ -94,16 +98,18 @@ class Batches:
     """Training batches of one task form at a time, built through the model's own prompt path.
 
     The samples of a batch share one page size and one wording, so their prompts stack without padding;
-    both are drawn per batch, so the response's position varies over training. With probability ``thin``
-    a batch keeps only a fraction r ~ U(0.05, 0.7) of each page's visual tokens — the answer region's and
-    others drawn at random, in their order, positions renumbered — as a pruner before the LM would: the
-    response's position then varies further, and the model learns to answer from whatever survives when
-    the answer does; it never sees a page whose answer was dropped."""
+    both are drawn per batch, so the response's position varies over training. Most batches keep only a
+    fraction of each page's visual tokens — the answer region's and others drawn at random, in their order,
+    positions renumbered — as a pruner before the LM would. The fraction follows a curriculum
+    (:func:`kept_share`): a handful of tokens at first, so that the one answer token is easy to find and the
+    model learns to read it; then ever more, up to whole pages, which are half the batches of the last part
+    of training. The response's position varies further, and the model learns to answer from whatever
+    survives when the answer does; it never sees a page whose answer was dropped."""
 
-    def __init__(self, runtime: LladaV, seed: int, thin: float = 0.0) -> None:
+    def __init__(self, runtime: LladaV, seed: int, ramp: float = 0.0) -> None:
         self.runtime = runtime
         self.seed = seed
-        self.thin = thin
+        self.ramp = ramp
         self.drawn = 0
         self.end_of_turn = runtime.tokenizer.convert_tokens_to_ids("<|eot_id|>")
         self.generation = {name: task_generation(name) for name in TASKS}
@@ -119,12 +125,13 @@ class Batches:
     def answer(self, name: str, sample: ToySample) -> str:
         return sample.answer if name == "redvtp_toy_docvqa" else chr(ord("A") + sample.correct_option)
 
-    def __call__(self, name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, d) prompt embeddings with gradients, and (B, G) response token ids."""
+    def __call__(self, name: str, size: int, progress: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) prompt embeddings with gradients, and (B, G) response token ids, ``progress`` (0–1) into
+        training."""
         runtime, generation = self.runtime, self.generation[name]
         shape = random.Random(f"shape/{self.seed}/{self.drawn}")
         page, wording = shape.choice(PAGES), shape.randrange(len(QUESTIONS))
-        keep = shape.uniform(0.05, 0.7) if shape.random() < self.thin else None
+        keep = kept_share(shape, progress, self.ramp) if self.ramp else None
         thinning = torch.Generator().manual_seed(shape.randrange(2**31))
         samples = [sample_at(self.seed, self.drawn + index, page, wording) for index in range(size)]
         self.drawn += size
@@ -143,6 +150,23 @@ class Batches:
             answer = runtime.encode_text(self.answer(name, sample))
             responses.append(answer + [self.end_of_turn] * (generation["gen_length"] - len(answer)))
         return torch.stack(embeds), torch.tensor(responses)
+
+
+FEWEST = 0.003
+"""The curriculum's smallest share of a page's visual tokens: one or two tokens, the answer's."""
+FIRST_TOP = 0.01
+"""The largest share at the start of training: at most four tokens of the smallest page."""
+WHOLE = 0.5
+"""Once the curriculum reaches whole pages, this share of the batches keeps every visual token."""
+
+
+def kept_share(shape: random.Random, progress: float, ramp: float) -> float | None:
+    """The share of visual tokens a batch keeps (None: all), drawn log-uniformly between :data:`FEWEST` and a
+    top that grows geometrically from :data:`FIRST_TOP` to 1 over the first ``ramp`` of training."""
+    top = min(1.0, FIRST_TOP ** (1 - progress / ramp))
+    if top == 1.0 and shape.random() < WHOLE:
+        return None
+    return math.exp(shape.uniform(math.log(FEWEST), math.log(top)))
 
 
 def diffusion_loss(
@@ -197,20 +221,31 @@ def train(
     lr: float,
     seed: int,
     eval_size: int,
-    thin: float = 0.0,
+    ramp: float = 0.0,
     eval_every: int = 0,
     eval_during: int = 8,
     stop_after: int | None = None,
+    init_from: Path | None = None,
+    free_share: float = 0.5,
 ) -> dict:
-    """Train and save; ``thin``: see :class:`Batches`. Every ``eval_every`` steps (0: never) score the first
+    """Train and save; ``ramp``: the share of the schedule over which the curriculum of :class:`Batches` grows
+    to whole pages (0: whole pages throughout). Every ``eval_every`` steps (0: never) score the first
     ``eval_during`` held-out samples of each form into ``eval_log.jsonl`` (monitoring only: nothing is chosen
     by it) and save the checkpoint so far, which the end of training overwrites. ``stop_after``: run only the
-    first steps of the ``steps``-step schedule (the learning rate still follows ``steps``)."""
+    first steps of the ``steps``-step schedule (the learning rate still follows ``steps``). ``init_from``: start
+    from that checkpoint's weights (a second stage, with its own schedule) instead of a fresh network.
+    ``free_share``: the share of batches in the free-answer form (the rest are multiple choice)."""
     torch.manual_seed(seed)
     raw = toy_config(size)
-    runtime = LladaV(LladaVNetwork(LladaVConfig.from_dict(raw, "sdpa")), build_tokenizer())
+    if init_from is not None:
+        runtime = load_llada_v(init_from, dtype="float32")
+        if runtime.network.config.text.hidden_size != raw["hidden_size"]:
+            raise ValueError(f"{init_from} is not a {size!r} toy checkpoint")
+        raw = {**raw, "vocab_size": runtime.network.lm_head.out_features}  # as loaded: cut to the tokenizer
+    else:
+        runtime = LladaV(LladaVNetwork(LladaVConfig.from_dict(raw, "sdpa")), build_tokenizer())
     network = runtime.network.train()
-    batches = Batches(runtime, seed, thin)
+    batches = Batches(runtime, seed, ramp)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -225,8 +260,9 @@ def train(
     config = {**raw, "redvtp_eval_toy": {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION}}
     started = time.perf_counter()
     for step in range(min(steps, stop_after or steps)):
-        name = list(TASKS)[step % len(TASKS)]
-        prompt, response = batches(name, batch_size)
+        free, choice = list(TASKS)
+        name = free if math.ceil((step + 1) * free_share) > math.ceil(step * free_share) else choice
+        prompt, response = batches(name, batch_size, step / steps)
         loss = diffusion_loss(runtime, prompt, response, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,7 +320,9 @@ def write_card(out_dir: Path, command: str, args: argparse.Namespace, report: di
         "",
         f"- command: `{command}`",
         f"- seed: {args.seed}; generator version: {GENERATOR_VERSION}; steps: {args.steps}; "
-        f"batch size: {args.batch_size}; lr: {args.lr}; thinned batches: {args.thin}; threads: {args.threads}",
+        f"batch size: {args.batch_size}; lr: {args.lr}; curriculum ramp: {args.ramp}; free-answer share: "
+        f"{args.free_share}; threads: {args.threads}"
+        + (f"; started from the weights of `{args.init_from}`" if args.init_from else ""),
         f"- training time: {report['training_seconds']:.0f} s on {env['device']} ({env['cpu_threads']} threads), "
         f"torch {env['libraries']['torch']}, Python {platform.python_version()}, commit {env['commit']}"
         + (" plus uncommitted changes" if env["dirty"] else ""),
@@ -308,10 +346,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-size", type=int, default=64)
-    parser.add_argument("--thin", type=float, default=0.5, help="fraction of batches with visual tokens thinned")
+    parser.add_argument("--ramp", type=float, default=0.6, help="share of the schedule the thinning curriculum takes")
     parser.add_argument("--eval-every", type=int, default=0, help="score a few held-out samples every N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
+    parser.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
+    parser.add_argument("--free-share", type=float, default=0.5, help="share of free-answer batches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = train(
@@ -322,9 +362,11 @@ def main() -> None:
         args.lr,
         args.seed,
         args.eval_size,
-        args.thin,
+        args.ramp,
         args.eval_every,
         stop_after=args.stop_after,
+        init_from=args.init_from,
+        free_share=args.free_share,
     )
     write_card(args.out_dir, "python -m redvtp_eval.toy.train " + " ".join(sys.argv[1:]), args, report)
     print(json.dumps(report, indent=2))

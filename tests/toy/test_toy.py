@@ -62,7 +62,7 @@ def test_training_prompts_are_what_lmms_eval_sends():
 def test_training_a_few_steps_lowers_the_loss(tmp_path):
     from redvtp_eval.toy.train import train
 
-    report = train(tmp_path / "micro", "micro", steps=40, batch_size=8, lr=3e-3, seed=0, eval_size=1, thin=0.5)
+    report = train(tmp_path / "micro", "micro", steps=40, batch_size=8, lr=3e-3, seed=0, eval_size=1, ramp=0.5)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "micro" / "train_log.jsonl").read_text().splitlines()]
     assert len(losses) == 40
     assert statistics.median(losses[-10:]) < statistics.median(losses[:4]) / 2
