@@ -245,7 +245,11 @@ class PrunedDiffusionVLM(lmms):
                 prompt = self.model.prepare(context, images, think_mode, tower_layer=layer)
             except SAMPLE_ERRORS:
                 continue
-            calibration = calibrate(self.model, prompt, settings, self.pruner_at, target, metric, seed=seed)
+            _, _, _, doc_id, task, split = request.args
+            region = self._region(self.task_dict[task][split][doc_id], images) if self.pruner.needs_region else None
+            calibration = calibrate(
+                self.model, prompt, settings, self.pruner_at, target, metric, seed=seed, region=region
+            )
             self.calibration = calibration
             self.calibrated_on = {"task": request.args[4], "doc_id": request.args[3]}
             self.pruner = self.pruner_at(calibration.ratio)

@@ -151,6 +151,18 @@ def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
     assert [s["latency_s"] for s in lines(job / "samples.jsonl")] == [s["latency_s"] for s in samples]
 
 
+def test_a_budget_job_calibrates_an_oracle_with_its_answer_region(tmp_path):
+    """The calibration runs are told the first sample's answer region, as the measured ones are: the oracle keeps
+    int(N r) of the page's N = 300 visual tokens before the LM, so budget 0.5 needs 150/300 <= r < 151/300."""
+    job = tmp_path / "job"
+    result = run(f"hydra.run.dir={job}", "pruner=oracle", "budget=0.5", "limit=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ratio = json.loads((job / "metrics.json").read_text())["ratio"]
+    assert 150 / 300 <= ratio < 151 / 300
+    (sample,) = lines(job / "samples.jsonl")
+    assert sample["failed"] is None and sample["visual_tokens_after"] == 150
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
