@@ -69,8 +69,22 @@ def region_fractions(pairs: list[tuple[str, float]], samples: int) -> dict:
     return fractions
 
 
+def training_log() -> list[dict]:
+    """Every training step of the shipped checkpoint, its stages one after the other (``stage1_train_log.jsonl``
+    first, when the card has one), numbered through."""
+    log = []
+    for name in ("stage1_train_log.jsonl", "train_log.jsonl"):
+        path = CHECKPOINT / name
+        if path.exists():
+            offset = log[-1]["step"] if log else 0
+            log += [
+                {**entry, "step": entry["step"] + offset} for entry in map(json.loads, path.read_text().splitlines())
+            ]
+    return log
+
+
 def loss_figure(out: Path) -> None:
-    log = [json.loads(line) for line in (CHECKPOINT / "train_log.jsonl").read_text().splitlines()]
+    log = training_log()
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for task in sorted({entry["task"] for entry in log}):
         steps = [entry["step"] for entry in log if entry["task"] == task]
