@@ -2,7 +2,7 @@
 first and then only the tiles the region focus module selects.
 
     python -m redvtp_eval.analysis.rfm_dip_tower --model checkpoints/toy-llada-v --ratio 0.25 --samples 16 \
-        --out results/bench/rfm_dip_tower_toy.json
+        --out results/bench/amd-epyc/rfm_dip_tower_toy.json
 
 Where it sits: outside the pruners (it runs the model's tower); it measures what the job cannot show, since the
 pruner acts on the features of every crop (:mod:`redvtp_eval.pruners.rfm_dip`). Per held-out page of an offline toy
