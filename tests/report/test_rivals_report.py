@@ -225,3 +225,11 @@ def test_the_rivals_grid_is_every_pruner_but_the_oracles_on_the_six_benchmarks()
         )
     )
     assert GRIDS == {"full": ("paper_tables", "rivals"), "smoke": ("smoke_tables", "smoke_rivals")}
+
+    toy = compose_job(["experiment=toy_rivals"])
+    assert (toy.limit, toy.budget_metric, toy.results_dir) == (32, "flops", "results/sweeps/toy_rivals")
+    assert grid(toy) == set(
+        itertools.product(
+            ("toy",), ("redvtp_toy_docvqa", "redvtp_toy_mcq"), set(PRUNERS) - {"none"}, (0.5,), (0.7, 0.4)
+        )
+    )
