@@ -26,8 +26,12 @@ of the positions before the block, and the block's other steps run the block and
 against them; ``dual`` also keeps those after the block, and the other steps run the block alone. The
 cached entries are approximations (computed when the block still held masks), exact with one layer. A
 between-steps pruner acts after a full forward (its attention is recorded there); its deletions leave the
-cache at once and positions stay the original ones, as with LaViDa's cache; pruners inside the LM, merging
-ones and shifted-logits models are refused.
+cache at once and positions stay the original ones, as with LaViDa's cache. A pruner inside the LM acts in
+step 1's forward, a full one: the cache it fills holds, per layer, the rows that layer ran (all tokens up to layer
+K, the kept ones after it, an AR KV cache's shape after a FastV prefill); ``in_lm_persist="sequence"`` then
+drops the tokens from the first K layers' entries and the sequence too, ``"layers"`` replays the drop in every
+later full forward. Merging between steps, an in-LM stage in a cached step and shifted-logits models are
+refused.
 
 Parallel decoding (beyond the paper): with ``threshold`` the per-step counts give way to Fast-dLLM's rule
 (NVlabs/Fast-dLLM ``llada/generate.py`` ``get_transfer_index``): commit the most confident masked position of
@@ -76,6 +80,7 @@ recomputing the prompt would cost the prefill the cache exists to avoid.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -382,8 +387,9 @@ class _LayerHook:
     and replays the drops of an earlier ``in_lm_persist="layers"`` stage.
 
     Key positions are the forward's own: the prompt as it stands after this forward's drops, then the response.
-    Uncached, the rows are the keys and dropped rows leave the forward; with the prefix cache the rows are the
-    response, and a drop removes the tokens from the cache of the remaining layers instead.
+    Uncached (Fast-dLLM's full forwards too), the rows are the keys and dropped rows leave the forward; with the
+    prefix cache the rows are the response, and a drop removes the tokens from the cache of the remaining layers
+    instead. Against Fast-dLLM's cache (a window) nothing acts or replays: each layer's entries already hold its rows.
     """
 
     def __init__(
@@ -543,17 +549,20 @@ class _LayerHook:
         return hidden[keep], keep
 
 
-def _block_cache(
-    filled: PrefixCache, prompt_length: int, lo: int, hi: int, settings: GenerationSettings
-) -> PrefixCache:
+def _block_cache(filled: PrefixCache, lo: int, hi: int, settings: GenerationSettings) -> PrefixCache:
     """Fast-dLLM's cache for block [lo, hi) of the response from a full forward's keys/values: every position
-    before the block (``prefix``), or every position outside it (``dual``)."""
+    before the block (``prefix``), or every position outside it (``dual``). Layers after an in-LM drop hold
+    fewer prompt rows; they are a contiguous run per prompt length (drops only shrink it), each cut by one index."""
     filled.close()
-    device, end = filled.keys[0].device, prompt_length + (hi if settings.fast_dllm == "dual" else settings.gen_length)
-    # an index, not a boolean mask: indexing by a mask would wait for the device to count it
-    filled.keep(
-        torch.cat([torch.arange(prompt_length + lo, device=device), torch.arange(end, filled.length, device=device)])
-    )
+    device, end = filled.keys[0].device, hi if settings.fast_dllm == "dual" else settings.gen_length
+    lengths, first = [filled.layer_length(layer) for layer in range(len(filled.keys))], 0
+    for length, run in itertools.groupby(lengths):
+        layers = range(first, first + len(list(run)))
+        prompt = length - settings.gen_length
+        # an index, not a boolean mask: indexing by a mask would wait for the device to count it
+        index = torch.arange(prompt + lo, device=device), torch.arange(prompt + end, length, device=device)
+        filled.keep(torch.cat(index), layers)
+        first = layers.stop
     return filled
 
 
@@ -747,8 +756,6 @@ def _generate(
     if fast and pruner.merges_between_steps:
         raise ValueError(f"pruner {pruner.name!r} merges between steps, which Fast-dLLM's cache cannot follow")
     lm_layers = tuple(pruner.lm_layers(model.num_layers))
-    if fast and lm_layers:
-        raise ValueError(f"pruner {pruner.name!r} acts inside the LM, which is not combined with fast_dllm yet")
     if any(not 1 <= layer < model.num_layers for layer in lm_layers):
         raise ValueError(f"pruner {pruner.name!r} acts after layers {lm_layers}; the model has {model.num_layers}")
     if lm_layers and cache is not None and pruner.in_lm_needs_hidden:
@@ -796,6 +803,11 @@ def _generate(
                     )
                     probe = AttentionProbe(rows, sequence.visual())
             acting = lm_layers if record.steps == pruner.in_lm_step else ()
+            if acting and fast and not refresh:
+                raise ValueError(
+                    f"pruner {pruner.name!r} acts inside the LM at step {record.steps}, which runs against Fast-dLLM's "
+                    "cache; an in-LM stage needs a full forward (a block's first step, refresh_every)"
+                )
             hook = _LayerHook(
                 pruner,
                 record.steps,
@@ -804,7 +816,7 @@ def _generate(
                 step_cache,
                 probe,
                 acting,
-                replay,
+                {} if fast and not refresh else replay,
                 merges,
                 rows=w_hi - w_lo if fast and not refresh else None,
                 cached_response=settings.gen_length - (w_hi - w_lo) if fast and not refresh else 0,
@@ -826,7 +838,7 @@ def _generate(
                     at = sequence.prompt_length + candidates
                     logits = model.logits(embeds, sequence.positions, at, hook=hook, cache=filling, rope=rope)
                     if filling is not None:
-                        fast_cache = _block_cache(filling, sequence.prompt_length, lo, hi, settings)
+                        fast_cache = _block_cache(filling, lo, hi, settings)
                     record.step_forward.append((len(embeds), len(embeds)))
                 else:
                     span = slice(sequence.prompt_length + w_lo, sequence.prompt_length + w_hi)
@@ -881,10 +893,13 @@ def _generate(
                         )
                     else:
                         current = sequence.current(hook.kept_after[last])
-                        sequence.keep(Reduction(current), pruner.keep_positions or cache is not None)
-                        if cache is not None:
-                            for layer_count, mask in hook.prompt_masks:
+                        sequence.keep(Reduction(current), pruner.keep_positions or cache is not None or fast)
+                        for layer_count, mask in hook.prompt_masks:
+                            if cache is not None:
                                 cache.keep(mask, range(layer_count))
+                            if fast_cache is not None:  # the cached response entries follow the prompt's
+                                response = mask.new_ones(fast_cache.layer_length(0) - len(mask))
+                                fast_cache.keep(torch.cat([mask, response]), range(layer_count))
                         pruned(f"step{record.steps}/layer{'+'.join(map(str, sorted(hook.kept_after)))}")
 
             # Stage 3: between this step and the next.
@@ -922,6 +937,11 @@ def _generate(
                         if cache is not None:
                             cache.keep(prompt_kept)
                         if fast_cache is not None:
+                            if replay:
+                                raise ValueError(
+                                    f"pruner {pruner.name!r} drops after some layers only (in_lm_persist='layers') "
+                                    "and between steps, which Fast-dLLM's cache of uneven layers cannot follow"
+                                )
                             cached_response = fast_cache.length - len(prompt_kept)
                             fast_cache.keep(torch.cat([prompt_kept, prompt_kept.new_ones(cached_response)]))
                         if record.pruned_after_step is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 from helpers import page
 
 from redvtp_eval.engine.sampler import GenerationSettings, generate
@@ -78,12 +79,74 @@ def test_fast_dllm_refuses_what_it_cannot_follow(tiny, prompt):
         GenerationSettings(fast_dllm="prefix", prefix_cache=True)
     with pytest.raises(ValueError, match="fast_dllm 'triple' is not one of none, prefix, dual"):
         GenerationSettings(fast_dllm="triple")
-    with pytest.raises(ValueError, match="acts inside the LM, which is not combined with fast_dllm yet"):
-        generate(tiny, prompt, replace(SETTINGS, fast_dllm="prefix"), make_pruner("fastv", ratio=0.5))
+    late = make_pruner("fastv", layer=1)
+    late.in_lm_step = 2
+    with pytest.raises(ValueError, match="acts inside the LM at step 2, which runs against Fast-dLLM's cache"):
+        generate(tiny, prompt, replace(SETTINGS, fast_dllm="prefix"), late)
+    both = make_pruner("fastv", layer=1)
+    both.select = lambda context: [torch.arange(0, end - start, 2) for start, end in context.visual_spans]
+    with pytest.raises(ValueError, match="in_lm_persist='layers'\\) and between steps"):
+        generate(tiny, prompt, replace(SETTINGS, fast_dllm="dual"), both)
+    with pytest.raises(ValueError, match="merges between steps, which Fast-dLLM's cache cannot follow"):
+        generate(tiny, prompt, replace(SETTINGS, fast_dllm="prefix"), make_pruner("d3tom"))
     with pytest.raises(ValueError, match="runs against Fast-dLLM's cache"):
         generate(
             tiny, prompt, replace(SETTINGS, fast_dllm="dual"), make_pruner("redvtp", ratio=0.5, prune_after_step=2)
         )
+
+
+IN_LM = {"fastv": {"layer": 2}, "llada_fastv": {"layer": 2}, "pdrop": {}, "sparsevlm": {}}
+"""In-LM pruners on a four-layer model: FastV, PDrop and SparseVLM replay their drops (``in_lm_persist="layers"``;
+PDrop after layers 1, 2 and 3; SparseVLM also merges, reading hidden states and prompt rows' attention),
+LLaDA-FastV's leave the sequence (``"sequence"``)."""
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    model = load_llada_v(make_tiny(tmp_path_factory.mktemp("deep"), seed=2, layers=4), dtype="float32")
+    return model, model.prepare("What is the total?", [page((384, 192))], "no_think")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", IN_LM)
+def test_an_in_lm_pruner_refreshed_every_step_is_the_uncached_run(deep, mode, name):
+    model, one = deep
+    pruner = make_pruner(name, ratio=0.25, **IN_LM[name])
+    uncached = generate(model, one, SETTINGS, pruner)
+    cached = generate(model, one, replace(SETTINGS, fast_dllm=mode, refresh_every=1), pruner)
+    assert uncached.record.visual_tokens_after < one.visual_tokens
+    assert cached.token_ids == uncached.token_ids
+    assert [f.layers for f in cached.record.forwards] == [f.layers for f in uncached.record.forwards]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", IN_LM)
+def test_an_in_lm_pruner_keeping_every_token_is_the_unpruned_cached_run(deep, mode, name):
+    model, one = deep
+    settings = replace(SETTINGS, fast_dllm=mode)
+    assert generate(model, one, settings, make_pruner(name, ratio=1.0, **IN_LM[name])).token_ids == (
+        generate(model, one, settings).token_ids
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["fastv", "llada_fastv"])
+def test_each_layer_of_the_cache_holds_the_rows_it_ran(deep, mode, name):
+    """Layers up to K see every visual key (FastV's in every forward, LLaDA-FastV's in step 1's only), the later
+    ones the kept; window steps attend to those entries, so their keys count the same visual tokens per layer."""
+    model, one = deep
+    record = generate(model, one, replace(SETTINGS, fast_dllm=mode), make_pruner(name, ratio=0.25, layer=2)).record
+    visual, kept = one.visual_tokens, record.visual_tokens_after
+    text = one.embeds.shape[0] - visual
+    assert kept == max(1, int(visual * 0.25))
+    window = {"prefix": [16, 8], "dual": [8, 8]}[mode]  # rows of the cached steps in blocks 1 and 2
+    for step, forward in enumerate(record.forwards):
+        full = step % 4 == 0  # each block's first step
+        all_visual = name == "fastv" or step == 0
+        assert [layer[2] for layer in forward.layers] == [visual if all_visual else kept] * 2 + [kept] * 2
+        for rows, keys, seen in forward.layers:
+            assert keys - seen == text + 16  # the text and the whole response, as rows or as cached entries
+            assert rows == (keys if full else window[step // 4])
 
 
 @pytest.mark.parametrize("mode", MODES)
