@@ -163,8 +163,8 @@ def train(
         optimizer.step()
         entry = {
             "step": step + 1,
-            "loss": float(loss),
-            "kept": [round(float(f), 4) for f in fractions],
+            "loss": loss.item(),
+            "kept": [round(f.item(), 4) for f in fractions],
             "seconds": round(time.perf_counter() - started, 2),
         }
         entries.append(entry)
