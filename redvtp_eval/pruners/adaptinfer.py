@@ -40,14 +40,11 @@ from torch import Tensor
 from redvtp_eval.pruners.base import (
     LayerContext,
     Pruner,
+    StageSchedule,
     VisualInput,
-    check_fractions,
     check_queries,
-    check_ratio,
-    geometric_fractions,
     kept_count,
     layer_query_rows,
-    scaled_layers,
     top_count,
 )
 
@@ -80,24 +77,12 @@ class AdaptInfer(Pruner):
         **options,
     ) -> None:
         super().__init__(keep_positions=keep_positions, **options)
-        self.ratio = check_ratio(ratio)
-        self.layers = tuple(int(layer) for layer in layers) if layers else None
-        self.ratios = check_fractions(tuple(ratios), self.ratio) if ratios else None
+        self.schedule = StageSchedule(ratio, layers, ratios, OFFICIAL_LAYERS)
         self.queries = check_queries(queries)
-        self._stages: tuple[int, ...] = ()
         self._sizes: list[int] = []
 
     def lm_layers(self, depth: int) -> tuple[int, ...]:
-        stages = self.layers if self.layers is not None else scaled_layers(OFFICIAL_LAYERS, depth)
-        if self.ratios is not None and len(self.ratios) != len(stages) - 1:
-            raise ValueError(f"ratios gives {len(self.ratios)} stage fractions; layers {stages} need {len(stages) - 1}")
-        self._stages = stages
-        return stages
-
-    def stage_fractions(self) -> list[float]:
-        if self.ratios is not None:
-            return [*self.ratios, self.ratio]
-        return geometric_fractions(self.ratio, len(self._stages))
+        return self.schedule.resolve(depth)
 
     def before_lm(self, visual: VisualInput) -> None:
         """Keeps every token; holds each image's original token count N (the stage counts are fractions of it)."""
@@ -119,5 +104,5 @@ class AdaptInfer(Pruner):
         scores = self.layer_scores(context)
         if scores is None:
             return None
-        fraction = self.stage_fractions()[self._stages.index(context.layer)]
+        fraction = self.schedule.fraction_after(context.layer)
         return [top_count(s, kept_count(n, fraction)) for s, n in zip(scores, self._sizes)]

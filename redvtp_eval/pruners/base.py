@@ -30,6 +30,7 @@ Adding a pruner: one file with a :class:`Pruner` subclass, and one line in ``pru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -231,6 +232,41 @@ def check_fractions(fractions: tuple[float, ...], ratio: float) -> tuple[float, 
     if list(fractions) != sorted(fractions, reverse=True) or fractions[-1] < ratio:
         raise ValueError(f"ratios {list(fractions)} must not increase and must stay >= ratio {ratio}")
     return fractions
+
+
+class StageSchedule:
+    """Where a progressive in-LM pruner drops and how much each drop keeps: the layer counts K of its stages (given,
+    or the official ones scaled to the model's depth) and the kept fraction of each image's original tokens after
+    each stage (given for all stages but the last, which is ``ratio``, or the method's default rule)."""
+
+    def __init__(
+        self,
+        ratio: float,
+        layers: list[int] | tuple[int, ...] | None,
+        ratios: list[float] | tuple[float, ...] | None,
+        official: tuple[int, ...],
+        default: Callable[[float, int], list[float]] = geometric_fractions,
+    ) -> None:
+        self.ratio = check_ratio(ratio)
+        self.layers = tuple(int(layer) for layer in layers) if layers else None
+        self.ratios = check_fractions(tuple(ratios), self.ratio) if ratios else None
+        self.official, self.default = official, default
+        self.stages: tuple[int, ...] = ()
+
+    def resolve(self, depth: int) -> tuple[int, ...]:
+        """The stages' layer counts for a model of ``depth`` layers (kept for :meth:`fraction_after`)."""
+        stages = self.layers if self.layers is not None else scaled_layers(self.official, depth)
+        if self.ratios is not None and len(self.ratios) != len(stages) - 1:
+            raise ValueError(f"ratios gives {len(self.ratios)} stage fractions; layers {stages} need {len(stages) - 1}")
+        self.stages = stages
+        return stages
+
+    def fractions(self) -> list[float]:
+        """The kept fraction f_s of each image's original tokens after each stage (the last is ``ratio``)."""
+        return [*self.ratios, self.ratio] if self.ratios is not None else self.default(self.ratio, len(self.stages))
+
+    def fraction_after(self, layer: int) -> float:
+        return self.fractions()[self.stages.index(layer)]
 
 
 def check_ratio(ratio: float) -> float:

@@ -48,12 +48,9 @@ from redvtp_eval.pruners.base import (
     LayerContext,
     Pruner,
     Reduction,
+    StageSchedule,
     VisualInput,
-    check_fractions,
-    check_ratio,
-    geometric_fractions,
     kept_count,
-    scaled_layers,
 )
 
 RATERS = ("prompt", "masked", "prompt+masked")
@@ -131,9 +128,7 @@ class SparseVLM(Pruner):
         **options,
     ) -> None:
         super().__init__(keep_positions=keep_positions, **options)
-        self.ratio = check_ratio(ratio)
-        self.layers = tuple(int(layer) for layer in layers) if layers else None
-        self.ratios = check_fractions(tuple(ratios), self.ratio) if ratios else None
+        self.schedule = StageSchedule(ratio, layers, ratios, OFFICIAL_LAYERS)
         if raters not in RATERS:
             raise ValueError(f"raters {raters!r} is not one of {', '.join(RATERS)}")
         self.raters = raters
@@ -142,23 +137,9 @@ class SparseVLM(Pruner):
         self._inputs: tuple[list[Tensor], Tensor] | None = None
         self._text_raters: list[Tensor] | None = None
         self._sizes: list[int] = []
-        self._stages: tuple[int, ...] = ()
 
     def lm_layers(self, depth: int) -> tuple[int, ...]:
-        if self.layers is not None:
-            chosen = self.layers
-        else:
-            chosen = scaled_layers(OFFICIAL_LAYERS, depth)
-        if self.ratios is not None and len(self.ratios) != len(chosen) - 1:
-            raise ValueError(f"ratios gives {len(self.ratios)} stage fractions; layers {chosen} need {len(chosen) - 1}")
-        self._stages = chosen
-        return chosen
-
-    def stage_fractions(self) -> list[float]:
-        """The kept fraction f_s of each image's original tokens at each stage (the last is ``ratio``)."""
-        if self.ratios is not None:
-            return [*self.ratios, self.ratio]
-        return geometric_fractions(self.ratio, len(self._stages))
+        return self.schedule.resolve(depth)
 
     def before_lm(self, visual: VisualInput) -> None:
         """Keeps every token; holds the input embeddings the raters are chosen on (in the first LM stage)."""
@@ -205,7 +186,7 @@ class SparseVLM(Pruner):
         scores = self.layer_scores(context)
         if scores is None:
             return None
-        fraction = self.stage_fractions()[self._stages.index(context.layer)]
+        fraction = self.schedule.fraction_after(context.layer)
         kept_all, values_all, sources_all = [], [], []
         for (start, end), image_scores, size in zip(context.visual_spans, scores, self._sizes):
             budget = min(end - start, kept_count(size, fraction))

@@ -44,14 +44,12 @@ from torch import Tensor
 from redvtp_eval.pruners.base import (
     LayerContext,
     Pruner,
+    StageSchedule,
     VisualInput,
-    check_fractions,
     check_queries,
-    check_ratio,
     kept_count,
     layer_query_rows,
     received_attention,
-    scaled_layers,
     top_count,
 )
 
@@ -92,28 +90,17 @@ class TransPrune(Pruner):
         **options,
     ) -> None:
         super().__init__(keep_positions=keep_positions, **options)
-        self.ratio = check_ratio(ratio)
-        self.layers = tuple(int(layer) for layer in layers) if layers else None
-        self.ratios = check_fractions(tuple(ratios), self.ratio) if ratios else None
+        self.schedule = StageSchedule(ratio, layers, ratios, OFFICIAL_LAYERS, doubling_fractions)
         self.attention = bool(attention)
         self.queries = check_queries(queries)
-        self._stages: tuple[int, ...] = ()
         self._sizes: list[int] = []
         self._previous: list[Tensor] = []
         self._ttv: list[Tensor] = []
 
     def lm_layers(self, depth: int) -> tuple[int, ...]:
         """Every layer count from the one before the first drop (at least 1) to the last drop."""
-        stages = self.layers if self.layers is not None else scaled_layers(OFFICIAL_LAYERS, depth)
-        if self.ratios is not None and len(self.ratios) != len(stages) - 1:
-            raise ValueError(f"ratios gives {len(self.ratios)} stage fractions; layers {stages} need {len(stages) - 1}")
-        self._stages = stages
+        stages = self.schedule.resolve(depth)
         return tuple(range(max(1, stages[0] - 1), stages[-1] + 1))
-
-    def stage_fractions(self) -> list[float]:
-        if self.ratios is not None:
-            return [*self.ratios, self.ratio]
-        return doubling_fractions(self.ratio, len(self._stages))
 
     def before_lm(self, visual: VisualInput) -> None:
         """Keeps every token; holds the visual input embeddings (layer 1's input) and starts the TTV sums."""
@@ -123,7 +110,7 @@ class TransPrune(Pruner):
         return None
 
     def layer_queries(self, context: LayerContext) -> Tensor | None:
-        if not self.attention or context.layer not in self._stages:
+        if not self.attention or context.layer not in self.schedule.stages:
             return None
         return layer_query_rows(context, self.queries)
 
@@ -139,12 +126,12 @@ class TransPrune(Pruner):
 
     def in_lm(self, context: LayerContext) -> list[Tensor] | None:
         hidden = context.visual_hidden()
-        if context.layer >= self._stages[0]:
+        if context.layer >= self.schedule.stages[0]:
             self._ttv = [ttv + transition_variation(h0, h1) for ttv, h0, h1 in zip(self._ttv, self._previous, hidden)]
         self._previous = hidden
-        if context.layer not in self._stages:
+        if context.layer not in self.schedule.stages:
             return None
-        fraction = self.stage_fractions()[self._stages.index(context.layer)]
+        fraction = self.schedule.fraction_after(context.layer)
         kept = [top_count(s, kept_count(n, fraction)) for s, n in zip(self.layer_scores(context), self._sizes)]
         self._ttv = [ttv[indices] for ttv, indices in zip(self._ttv, kept)]
         self._previous = [h[indices] for h, indices in zip(self._previous, kept)]
