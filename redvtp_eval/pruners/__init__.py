@@ -1,8 +1,8 @@
 """Pruners: which visual tokens to keep, given what the sampler hands over after a denoising step.
 
-The interface (``base.py``: ``Pruner``, ``PruneContext``, the ``VisualAttention`` protocol), one file per
-method (``redvtp.py``, ``random.py``) and the registry below. Adding one: a module with a ``Pruner``
-subclass and a line in ``PRUNERS``.
+The interface (``base.py``: ``Pruner``, ``PruneContext``, the ``VisualAttention`` protocol), the file format
+of trained modules (``trained.py``), one file per method (``redvtp.py``, ``random.py``…) and the registry below.
+Adding one: a module with a ``Pruner`` subclass and a line in ``PRUNERS``.
 
 May import: torch and ``redvtp_eval.pruners`` itself.
 Must not know: the models, the engine, the harness. A pruner sees positions, spans and (if it asks) an

@@ -38,8 +38,6 @@ This project's reading, and the adaptation to a bidirectional masked-diffusion m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -54,8 +52,8 @@ from redvtp_eval.pruners.base import (
     layer_query_rows,
     top_count,
 )
+from redvtp_eval.pruners.trained import TrainedModules
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODULES = "checkpoints/lvpruning-toy-llada-v/lvpruning.pt"
 TRAIN_COMMAND = "python -m redvtp_eval.analysis.train_lvpruning --model <checkpoint> --out <file.pt>"
 
@@ -84,51 +82,22 @@ class DecisionModule(nn.Module):
         return self.score(torch.cat([v, attended], dim=-1)).squeeze(-1)
 
 
-class DecisionModules(nn.Module):
+class DecisionModules(TrainedModules):
     """One :class:`DecisionModule` per decision layer K, and what they were trained for."""
 
+    method = "lvpruning"
+    train_command = TRAIN_COMMAND
+
     def __init__(self, layers: list[int], hidden: int, inner: int = 64, heads: int = 4, meta: dict | None = None):
-        super().__init__()
+        super().__init__(meta)
         self.layers = [int(k) for k in layers]
         if self.layers != sorted(set(self.layers)) or not self.layers or self.layers[0] < 1:
             raise ValueError(f"decision layers must be increasing layer counts K >= 1, got {layers}")
         self.hidden, self.inner, self.heads = hidden, inner, heads
-        self.meta = dict(meta or {})
         self.stages = nn.ModuleList(DecisionModule(hidden, inner, heads) for _ in self.layers)
 
     def config(self) -> dict:
         return {"layers": self.layers, "hidden": self.hidden, "inner": self.inner, "heads": self.heads}
-
-    def save(self, path: Path, meta: dict | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
-        torch.save(
-            {"method": "lvpruning", "config": self.config(), "meta": {**self.meta, **(meta or {})}, "state": state},
-            path,
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> DecisionModules:
-        file = resolve_module_file(path, "lvpruning", TRAIN_COMMAND)
-        stored = torch.load(file, map_location="cpu", weights_only=True)
-        if stored.get("method") != "lvpruning":
-            raise ValueError(f"{file} holds {stored.get('method')!r} modules, not lvpruning's")
-        modules = cls(**stored["config"], meta=stored.get("meta"))
-        modules.load_state_dict(stored["state"])
-        return modules.eval()
-
-
-def resolve_module_file(path: str | Path, method: str, command: str) -> Path:
-    """A trained-module file as given (absolute, or relative to the working directory), else relative to the
-    repository; a missing one says how to train it."""
-    given = Path(path).expanduser()
-    for candidate in (given, ROOT / given):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{method}: no trained modules at {path}; train them on the frozen model first:\n  {command}\n"
-        f"then pass pruner.modules=<file.pt> (the toy's are committed under checkpoints/)"
-    )
 
 
 class LVPruning(Pruner):

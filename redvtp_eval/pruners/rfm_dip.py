@@ -46,27 +46,27 @@ Adaptation (LLaDA-V / LaViDa AnyRes, a bidirectional masked-diffusion LM, a prun
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from redvtp_eval.pruners.base import Pruner, VisualInput, check_ratio, kept_count, top_count
-from redvtp_eval.pruners.lvpruning import resolve_module_file
+from redvtp_eval.pruners.trained import TrainedModules
 
 DEFAULT_MODULES = "checkpoints/rfm-toy-llada-v/rfm.pt"
 TRAIN_COMMAND = "python -m redvtp_eval.analysis.train_rfm --model <checkpoint> --out <file.pt>"
 
 
-class RegionFocusModule(nn.Module):
+class RegionFocusModule(TrainedModules):
     """Relevance of each visual token to the prompt text, from features and text embeddings (before the LM)."""
 
+    method = "rfm_dip"
+    train_command = TRAIN_COMMAND
+
     def __init__(self, hidden: int, inner: int = 64, heads: int = 4, meta: dict | None = None) -> None:
-        super().__init__()
+        super().__init__(meta)
         if inner % heads:
             raise ValueError(f"inner size {inner} is not a multiple of {heads} heads")
         self.hidden, self.inner, self.heads = hidden, inner, heads
-        self.meta = dict(meta or {})
         self.norm_visual = nn.RMSNorm(hidden, eps=1e-6)
         self.norm_text = nn.RMSNorm(hidden, eps=1e-6)
         self.query = nn.Linear(hidden, inner)
@@ -86,23 +86,6 @@ class RegionFocusModule(nn.Module):
 
     def config(self) -> dict:
         return {"hidden": self.hidden, "inner": self.inner, "heads": self.heads}
-
-    def save(self, path: Path, meta: dict | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
-        torch.save(
-            {"method": "rfm_dip", "config": self.config(), "meta": {**self.meta, **(meta or {})}, "state": state}, path
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> RegionFocusModule:
-        file = resolve_module_file(path, "rfm_dip", TRAIN_COMMAND)
-        stored = torch.load(file, map_location="cpu", weights_only=True)
-        if stored.get("method") != "rfm_dip":
-            raise ValueError(f"{file} holds {stored.get('method')!r} modules, not rfm_dip's")
-        module = cls(**stored["config"], meta=stored.get("meta"))
-        module.load_state_dict(stored["state"])
-        return module.eval()
 
 
 def tile_under_base(crops: Tensor, grids: list[tuple[int, int, int, int]]) -> Tensor:
