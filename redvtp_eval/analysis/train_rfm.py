@@ -84,7 +84,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
         entries.append(
             {"epoch": epoch + 1, "kl": total / len(data), "seconds": round(time.perf_counter() - started, 2)}
         )
