@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -33,9 +31,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from redvtp_eval.analysis.trainer_cli import command_line, load_frozen, provenance, trainer_parser
 from redvtp_eval.analysis.training_data import Example, example
-from redvtp_eval.engine.families import FAMILIES
-from redvtp_eval.harness.environment import environment
 from redvtp_eval.pruners.base import geometric_fractions, layer_query_rows, scaled_layers
 from redvtp_eval.pruners.lvpruning import DecisionModules
 
@@ -178,7 +175,6 @@ def train(
 
 
 def write_card(out: Path, command: str, args: argparse.Namespace, entries: list[dict], modules) -> None:
-    env = environment("cpu")
     tail = entries[-25:]
     lines = [
         "# LVPruning decision modules",
@@ -188,9 +184,7 @@ def write_card(out: Path, command: str, args: argparse.Namespace, entries: list[
         "",
         f"- command: `{command}`",
         f"- seed: {args.seed}; steps: {args.steps}; lr: {args.lr}; sparsity weight: {args.sparsity}; τ: {args.tau}",
-        f"- training time: {entries[-1]['seconds']:.0f} s on {env['device']} ({torch.get_num_threads()} threads), "
-        f"torch {env['libraries']['torch']}, Python {platform.python_version()}, commit {env['commit']}"
-        + (" plus uncommitted changes" if env["dirty"] else ""),
+        f"- training time: {provenance(entries[-1]['seconds'], args.device)}",
         f"- diffusion loss: first {entries[0]['loss']:.3f}, mean of the last {len(tail)} steps "
         f"{sum(e['loss'] for e in tail) / len(tail):.4f}; kept fractions at the end {entries[-1]['kept']}",
     ]
@@ -198,25 +192,15 @@ def write_card(out: Path, command: str, args: argparse.Namespace, entries: list[
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory or cached hub id")
-    parser.add_argument("--family", default="llada_v", choices=list(FAMILIES))
-    parser.add_argument("--out", type=Path, required=True, help="the .pt file to write")
+    parser = trainer_parser(__doc__.split("\n\n")[0], lr=2e-3)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--ratio", type=float, default=0.25, help="target fraction of visual tokens kept at the end")
     parser.add_argument("--layers", type=int, nargs="*", default=None, help="decision layer counts K")
-    parser.add_argument("--inner", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--sparsity", type=float, default=4.0, help="weight of the kept-fraction penalty")
     parser.add_argument("--tau", type=float, default=1.0, help="Gumbel-sigmoid temperature")
     parser.add_argument("--language", default="prompt", help="the language rows (LAYER_QUERIES)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = FAMILIES[args.family].load(args.model, dtype="float32", device=args.device)
+    model = load_frozen(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log = args.out.with_suffix(".log.jsonl")
     log.write_text("")
@@ -224,7 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
         model, args.family, args.steps, args.ratio, args.layers, args.inner, args.heads, args.lr, args.sparsity,
         args.tau, args.language, args.seed, log,
     )  # fmt: skip
-    command = "python -m redvtp_eval.analysis.train_lvpruning " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("redvtp_eval.analysis.train_lvpruning", argv)
     modules.save(args.out, {"model": str(args.model), "family": args.family, "command": command})
     write_card(args.out, command, args, entries, modules)
     print(f"wrote {args.out}")

@@ -16,18 +16,14 @@ KL(teacher ‖ student), AdamW over the RFM only; the teachers are computed once
 
 from __future__ import annotations
 
-import argparse
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from redvtp_eval.analysis.trainer_cli import command_line, load_frozen, provenance, trainer_parser
 from redvtp_eval.analysis.training_data import example
-from redvtp_eval.engine.families import FAMILIES
-from redvtp_eval.harness.environment import environment
 from redvtp_eval.models.attention import AttentionProbe
 from redvtp_eval.pruners.rfm_dip import RegionFocusModule
 
@@ -94,25 +90,14 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory or cached hub id")
-    parser.add_argument("--family", default="llada_v", choices=list(FAMILIES))
-    parser.add_argument("--out", type=Path, required=True, help="the .pt file to write")
+    parser = trainer_parser(__doc__.split("\n\n")[0], lr=3e-3)
     parser.add_argument("--samples", type=int, default=96, help="training pages (teachers computed once)")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--inner", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = FAMILIES[args.family].load(args.model, dtype="float32", device=args.device)
+    model = load_frozen(args)
     rfm, entries = train(model, args.family, args.samples, args.epochs, args.inner, args.heads, args.lr, args.seed)
-    command = "python -m redvtp_eval.analysis.train_rfm " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("redvtp_eval.analysis.train_rfm", argv)
     rfm.save(args.out, {"model": str(args.model), "family": args.family, "command": command})
-    env = environment("cpu")
     lines = [
         "# LRS-VQA region focus module (RFM)",
         "",
@@ -121,9 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         f"- command: `{command}`",
         f"- seed: {args.seed}; pages: {args.samples}; epochs: {args.epochs}; lr: {args.lr}",
-        f"- time (teachers + training): {entries[-1]['seconds']:.0f} s on {env['device']} "
-        f"({torch.get_num_threads()} threads), torch {env['libraries']['torch']}, Python {platform.python_version()}, "
-        f"commit {env['commit']}" + (" plus uncommitted changes" if env["dirty"] else ""),
+        f"- time (teachers + training): {provenance(entries[-1]['seconds'], args.device)}",
         f"- KL(teacher ‖ RFM): first epoch {entries[0]['kl']:.4f}, last {entries[-1]['kl']:.4f}",
     ]
     (args.out.parent / "CARD.md").write_text("\n".join(lines) + "\n")
