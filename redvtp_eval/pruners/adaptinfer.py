@@ -43,9 +43,8 @@ from redvtp_eval.pruners.base import (
     StageSchedule,
     VisualInput,
     check_queries,
-    kept_count,
     layer_query_rows,
-    top_count,
+    top_of_original,
 )
 
 OFFICIAL_LAYERS = (2, 11, 21)
@@ -105,4 +104,4 @@ class AdaptInfer(Pruner):
         if scores is None:
             return None
         fraction = self.schedule.fraction_after(context.layer)
-        return [top_count(s, kept_count(n, fraction)) for s, n in zip(scores, self._sizes)]
+        return top_of_original(scores, self._sizes, fraction)

@@ -215,6 +215,12 @@ def top_k_kept(scores: list[Tensor], ratio: float) -> list[Tensor]:
     return [top_count(s, kept_count(len(s), ratio)) for s in scores]
 
 
+def top_of_original(scores: list[Tensor], sizes: list[int], fraction: float) -> list[Tensor]:
+    """Per image, the top ``max(1, int(N·fraction))`` tokens by score, N the image's token count before any pruning:
+    a later stage's fraction is of the original tokens, not of what the stages before it left."""
+    return [top_count(s, kept_count(n, fraction)) for s, n in zip(scores, sizes)]
+
+
 def scaled_layers(official: tuple[int, ...], depth: int, official_depth: int = 32) -> tuple[int, ...]:
     """Layer counts K given for an ``official_depth``-layer LM, at the same fractions of ``depth`` (1 ≤ K < depth,
     duplicates merged)."""

@@ -48,9 +48,8 @@ from redvtp_eval.pruners.base import (
     check_queries,
     check_ratio,
     geometric_fractions,
-    kept_count,
     layer_query_rows,
-    top_count,
+    top_of_original,
 )
 from redvtp_eval.pruners.trained import TrainedModules
 
@@ -147,4 +146,4 @@ class LVPruning(Pruner):
         if stage == 0:
             self._sizes = [end - start for start, end in context.visual_spans]
         fraction = self.fractions[stage]
-        return [top_count(s, kept_count(n, fraction)) for s, n in zip(self.logits(context), self._sizes)]
+        return top_of_original(self.logits(context), self._sizes, fraction)

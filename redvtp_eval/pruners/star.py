@@ -41,6 +41,7 @@ from redvtp_eval.pruners.base import (
     layer_query_rows,
     received_attention,
     top_count,
+    top_of_original,
 )
 
 SELF_ATTENTION = ("tower", "features")
@@ -104,4 +105,4 @@ class Star(Pruner):
         scores = received_attention(context, self.queries)
         if scores is None:
             return None
-        return [top_count(s, kept_count(n, self.ratio)) for s, n in zip(scores, self._sizes)]
+        return top_of_original(scores, self._sizes, self.ratio)

@@ -47,10 +47,9 @@ from redvtp_eval.pruners.base import (
     StageSchedule,
     VisualInput,
     check_queries,
-    kept_count,
     layer_query_rows,
     received_attention,
-    top_count,
+    top_of_original,
 )
 
 OFFICIAL_LAYERS = (7, 9, 12)
@@ -132,7 +131,7 @@ class TransPrune(Pruner):
         if context.layer not in self.schedule.stages:
             return None
         fraction = self.schedule.fraction_after(context.layer)
-        kept = [top_count(s, kept_count(n, fraction)) for s, n in zip(self.layer_scores(context), self._sizes)]
+        kept = top_of_original(self.layer_scores(context), self._sizes, fraction)
         self._ttv = [ttv[indices] for ttv, indices in zip(self._ttv, kept)]
         self._previous = [h[indices] for h, indices in zip(self._previous, kept)]
         return kept

@@ -61,6 +61,7 @@ from redvtp_eval.pruners.base import (
     layer_query_rows,
     proportional_counts,
     received_attention,
+    top_of_original,
 )
 
 LM_RATIO = 1 / 3
@@ -183,5 +184,4 @@ class VScan(Pruner):
         scores = received_attention(context, self.queries)
         if scores is None:
             return None
-        counts = [min(len(s), kept_count(size, self.ratio)) for size, s in zip(self._sizes, scores)]
-        return [torch.topk(s, count).indices.sort().values for s, count in zip(scores, counts)]
+        return top_of_original(scores, self._sizes, self.ratio)
