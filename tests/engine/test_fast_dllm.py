@@ -11,7 +11,7 @@ from helpers import page
 from redvtp_eval.engine.sampler import GenerationSettings, generate
 from redvtp_eval.models.llada_v import load_llada_v
 from redvtp_eval.models.make_tiny import make_tiny
-from redvtp_eval.pruners import make_pruner
+from redvtp_eval.pruners import PRUNERS, make_pruner
 
 SETTINGS = GenerationSettings(16, 8, 8, stop_strings=())
 """Two blocks of 8 tokens, 4 steps each."""
@@ -177,3 +177,31 @@ def test_llada_v_gen_kwargs_reach_the_cache_and_threshold_settings():
     )
     assert (fast.fast_dllm, fast.refresh_every, fast.threshold) == ("dual", 2, 0.9)
     assert llada_v_settings({"confidence_threshold": "None"})[0].threshold is None
+
+
+EVERY_PRUNER = [
+    name for name in PRUNERS if name not in ("none", "d3tom", "oracle", "anti_oracle", "lvpruning", "rfm_dip")
+]
+"""Every registered pruner that runs on a bare tiny model: D3ToM is refused (above); the oracles need the toy tasks'
+answer region and the trained ones modules of the toy's dimensions (``tests/pruners/test_lvpruning_rfm_dip.py``)."""
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", EVERY_PRUNER)
+def test_every_pruner_composes_with_each_cache(deep, mode, name):
+    """Keeping every token is the unpruned cached run, and at r = 0.25 a refresh at every step is the uncached run
+    with kept positions (the cache keeps them); the run prunes, so the equality is not the unpruned one."""
+    model, _ = deep
+    tower_layer = make_pruner(name).tower_attention_layer()
+    one = model.prepare("What is the total?", [page((384, 192))], "no_think", tower_layer=tower_layer)
+    cached = replace(SETTINGS, fast_dllm=mode)
+    assert (
+        generate(model, one, cached, make_pruner(name, ratio=1.0)).token_ids == generate(model, one, cached).token_ids
+    )
+    uncached = generate(model, one, SETTINGS, make_pruner(name, ratio=0.25, keep_positions=True))
+    refreshed = generate(
+        model, one, replace(cached, refresh_every=1), make_pruner(name, ratio=0.25, keep_positions=True)
+    )
+    assert uncached.record.visual_tokens_after < one.visual_tokens
+    assert refreshed.token_ids == uncached.token_ids
+    assert refreshed.record.visual_tokens_after == uncached.record.visual_tokens_after
