@@ -25,13 +25,13 @@ Fast-dLLM's caches (beyond the paper; ``fast_dllm``, NVlabs/Fast-dLLM ``llada/ge
 of the positions before the block, and the block's other steps run the block and everything after it
 against them; ``dual`` also keeps those after the block, and the other steps run the block alone. The
 cached entries are approximations (computed when the block still held masks), exact with one layer. A
-between-steps pruner acts after a full forward (its attention is recorded there); its deletions leave the
-cache at once and positions stay the original ones, as with LaViDa's cache. A pruner inside the LM acts in
+between-steps pruner's attention is recorded on the step's forward, full or window (a window's rows only, against
+the cache); its deletions leave the cache at once and positions stay the original ones, as with LaViDa's cache.
+A pruner inside the LM acts in
 step 1's forward, a full one: the cache it fills holds, per layer, the rows that layer ran (all tokens up to layer
 K, the kept ones after it, an AR KV cache's shape after a FastV prefill); ``in_lm_persist="sequence"`` then
 drops the tokens from the first K layers' entries and the sequence too, ``"layers"`` replays the drop in every
-later full forward. Merging between steps, an in-LM stage in a cached step and shifted-logits models are
-refused.
+later full forward. An in-LM stage in a cached step and shifted-logits models are refused.
 
 Parallel decoding (beyond the paper): with ``threshold`` the per-step counts give way to Fast-dLLM's rule
 (NVlabs/Fast-dLLM ``llada/generate.py`` ``get_transfer_index``): commit the most confident masked position of
@@ -75,7 +75,9 @@ of every layer. Positions are then always the original ones: the cached keys car
 positions they were computed at, and the cached prompt states were computed with every visual token
 present, so the cache minus some entries is exactly "the same prompt, attended to on a subset of its
 keys"; renumbering would re-rotate keys whose values stay those of the original positions, and
-recomputing the prompt would cost the prefill the cache exists to avoid.
+recomputing the prompt would cost the prefill the cache exists to avoid. A merge between steps (D³ToM) merges
+each group's cached entries into their plain mean as well (``PrefixCache.merge``, groups from
+``Reduction.sources``): an approximation, as the merged token's own keys would come from its merged embedding.
 """
 
 from __future__ import annotations
@@ -339,6 +341,24 @@ class _Sequence:
             full[index] = values.float()
             out.append(full.cpu())
         return out
+
+
+def _merged_entries(reduction: Reduction, spans: list[tuple[int, int]], name: str) -> tuple[Tensor, Tensor]:
+    """The (rows, into) pairs of :meth:`PrefixCache.merge` for a between-steps merge: every visual token of a merged
+    image, at its prompt position, and the prompt position of the kept token it went into (``Reduction.sources``;
+    one that leaves without a trace, −1, points at itself and is then dropped)."""
+    if reduction.sources is None:
+        raise ValueError(f"{name}: merging between steps under a cache needs Reduction.sources")
+    rows, into = [], []
+    for (start, end), kept, values, sources in zip(spans, reduction.kept, reduction.values, reduction.sources):
+        if values is None:
+            continue
+        if sources is None:
+            raise ValueError(f"{name}: a merged image needs Reduction.sources under a cache")
+        positions = torch.arange(start, end, device=kept.device)
+        rows.append(positions)
+        into.append(torch.where(sources >= 0, start + kept[sources.clamp(min=0)], positions))
+    return torch.cat(rows), torch.cat(into)
 
 
 def _visual_positions(spans: list[tuple[int, int]], device: torch.device) -> Tensor:
@@ -629,7 +649,8 @@ class ProbedAttention:
         if (rows < 0).any():
             raise ValueError(
                 "no attention was recorded for some query positions: rows are the non-visual positions of the "
-                "step's forward, and with the prefix cache (prefix_lm) only the response positions are queried"
+                "step's forward: with the prefix cache (prefix_lm) only the response positions are queried, in a "
+                "Fast-dLLM window step only the window's"
             )
         return rows
 
@@ -730,11 +751,6 @@ def _generate(
     cache = None
     replay: dict[int, list[Tensor]] = {}
     """Drops inside the LM that every later forward repeats (``in_lm_persist="layers"``, uncached)."""
-    if settings.prefix_cache and pruner.merges_between_steps:
-        raise ValueError(
-            f"pruner {pruner.name!r} merges visual tokens between steps, which the prefix cache cannot follow (its "
-            "keys/values were computed from the unmerged prompt); run it with prefix_lm off"
-        )
     merges: dict[int, list[tuple[Tensor, Tensor] | None]] = {}
     """The averages those drops wrote (``Reduction.sources``), which the replays redo: per layer count, per image,
     (original index of each averaged token, original index of the kept token it went into)."""
@@ -753,8 +769,6 @@ def _generate(
     """Fast-dLLM's cache of the current block (filled by its last full forward)."""
     if fast and model.shifted_logits:
         raise ValueError("fast_dllm follows Fast-dLLM's LLaDA rules; a shifted-logits model (Dream) is not supported")
-    if fast and pruner.merges_between_steps:
-        raise ValueError(f"pruner {pruner.name!r} merges between steps, which Fast-dLLM's cache cannot follow")
     lm_layers = tuple(pruner.lm_layers(model.num_layers))
     if any(not 1 <= layer < model.num_layers for layer in lm_layers):
         raise ValueError(f"pruner {pruner.name!r} acts after layers {lm_layers}; the model has {model.num_layers}")
@@ -789,12 +803,10 @@ def _generate(
             step_cache = cache if cache is not None else (fast_cache if fast and not refresh else None)
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
-                if fast and not refresh:
-                    if prune_now:
-                        raise ValueError(
-                            f"pruner {pruner.name!r} acts after step {record.steps}, which runs against Fast-dLLM's "
-                            "cache; attention is recorded on the full forwards (block starts, refresh_every) only"
-                        )
+                if fast and not refresh:  # the window's rows, against a cache that begins with the prompt
+                    first = sequence.prompt_length + w_lo
+                    rows = torch.arange(first, sequence.prompt_length + w_hi, device=device)
+                    probe = AttentionProbe(rows, sequence.visual(), first_query=first)
                 else:
                     rows = (
                         sequence.response
@@ -931,8 +943,11 @@ def _generate(
                 if prune_now:
                     reduction = _check_reduction(as_reduction(pruner.select(context)), sequence.spans, pruner.name)
                     if reduction is not None:
-                        if reduction.values is not None and cache is not None:
-                            raise ValueError(f"{pruner.name}: merging between steps needs prefix_lm off")
+                        caches = [c for c in (cache, fast_cache) if c is not None]
+                        if reduction.values is not None and caches:
+                            rows, into = _merged_entries(reduction, sequence.spans, pruner.name)
+                            for merged in caches:
+                                merged.merge(rows, into)
                         prompt_kept = sequence.keep(reduction, pruner.keep_positions or cache is not None or fast)
                         if cache is not None:
                             cache.keep(prompt_kept)

@@ -30,18 +30,23 @@ class AttentionProbe:
 
     ``rows`` and ``cols`` are positions in the sequence (prompt, then response). Batch size 1. In a forward
     over the response only, against a prefix cache, the queries are the last ``len(query)`` positions of the
-    keys, so a row's query index is its position minus the cached length.
+    keys, so a row's query index is its position minus the cached length. A forward whose cache also holds
+    entries after its queries (Fast-dLLM's dual cache) names the position of its first query, ``first_query``;
+    the cache must then begin with the prompt, so that ``cols`` in it are key indices.
     """
 
-    def __init__(self, rows: Tensor, cols: Tensor) -> None:
+    def __init__(self, rows: Tensor, cols: Tensor, first_query: int | None = None) -> None:
         self.rows = rows
         self.cols = cols
+        self.first_query = first_query
         self._sum: Tensor | None = None
         self.layers = 0
 
     def record(self, query: Tensor, key: Tensor, scaling: float) -> None:
-        """query: (1, H, T_q, D) and key: (1, H_kv, T_k, D), both after RoPE; the queries are the last T_q keys."""
-        q = query[0, :, self.rows - (key.shape[2] - query.shape[2])].float()
+        """query: (1, H, T_q, D) and key: (1, H_kv, T_k, D), both after RoPE; the queries are the last T_q keys
+        unless ``first_query`` says where they start."""
+        first = key.shape[2] - query.shape[2] if self.first_query is None else self.first_query
+        q = query[0, :, self.rows - first].float()
         k = key[0].float().repeat_interleave(query.shape[1] // key.shape[1], dim=0)
         probs = torch.softmax(q @ k.transpose(-1, -2) * scaling, dim=-1)
         part = probs[:, :, self.cols].mean(dim=0)

@@ -15,6 +15,7 @@ tokens' entries: the kept keys keep the rotation of their original positions.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -68,6 +69,20 @@ class PrefixCache:
     def layer_length(self, layer: int) -> int:
         """Prompt entries of one layer: after pruning inside the LM, layers from K on may hold fewer."""
         return self.keys[layer].shape[2]
+
+    def merge(self, rows: Tensor, into: Tensor) -> None:
+        """Write into each entry that ``into`` names the plain mean of the entries ``rows`` that point at it (one
+        pair per merged token, a kept token pointing at itself), in every layer: a between-steps merge of visual
+        tokens (D³ToM) applied to the keys/values cached from the unmerged ones. Approximate, as the cache is: a
+        merged token's recomputed keys would come from its merged embedding. :meth:`keep` then drops the rest."""
+        counts = torch.bincount(into, minlength=self.length)
+        targets = counts > 0
+        for store in (self.keys, self.values):
+            for layer, entries in enumerate(store):
+                sums = torch.zeros_like(entries, dtype=torch.float32).index_add_(2, into, entries[:, :, rows].float())
+                mean = (sums / counts.clamp(min=1)[:, None]).to(entries.dtype)
+                store[layer] = torch.where(targets[:, None], mean, entries)
+        self._room = [None] * len(self.keys)
 
     def keep(self, mask: Tensor, layers: range | None = None) -> None:
         """Keep the prompt entries where the (P,) boolean ``mask`` is true (or, without waiting for the device to

@@ -101,9 +101,10 @@ class Reduction:
     steps, hidden states inside it); None, or None for an image, leaves them as they are."""
     sources: list[Tensor | None] | None = None
     """Per image, for each current visual token, the index in ``kept`` of the token whose value it was averaged
-    into (−1: it leaves without a trace), when every value is the plain mean of the tokens pointing at it. Only
-    the inside-the-LM stage reads it: a drop that later forwards replay (``in_lm_persist="layers"``) then redoes
-    the same averages on each later forward's hidden states; without it a replay only drops."""
+    into (−1: it leaves without a trace), when every value is the plain mean of the tokens pointing at it. Inside
+    the LM, a drop that later forwards replay (``in_lm_persist="layers"``) then redoes the same averages on each
+    later forward's hidden states (without it a replay only drops); between steps, a cache merges the entries it
+    holds for the tokens the same way (without it, merging between steps under a cache is refused)."""
 
 
 Kept = list[Tensor] | Reduction | None
@@ -336,8 +337,6 @@ class Pruner:
 
     name = "none"
     needs_attention = False
-    merges_between_steps = False
-    """:meth:`select` writes merged values into kept tokens, which the prefix cache cannot follow: refused there."""
     needs_tower_attention = False
     """The pruner reads :attr:`VisualInput.tower_attention`: the prompt must be prepared with
     ``tower_layer=pruner.tower_attention_layer()`` (the model records that layer's attention while it encodes)."""

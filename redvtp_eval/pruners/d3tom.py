@@ -35,8 +35,14 @@ Adaptation to this harness's between-steps stage (``d3tom``):
   ties); the group's plain mean (the kept token and those joining it this step, each counted once whatever it
   absorbed before) is written into the kept token, which keeps its place and its position (renumbered with the
   rest, as the official sequence shortening, unless ``keep_positions``).
-- **Prefix cache**: refused (``merges_between_steps``): the cached keys/values of every layer were computed from
-  the unmerged prompt, and merged input embeddings would need the prompt recomputed, the cost the cache avoids.
+- **Caches** (LaViDa's prefix cache, Fast-dLLM's prefix and dual caches): the cached keys/values of every layer
+  were computed from the unmerged prompt, so each group's cached entries are merged the same way, into their
+  plain mean (``Reduction.sources`` names the groups; ``PrefixCache.merge``), and the rest dropped. The official
+  code also merges the cached keys/values (by sum, grouped by the similarity of head-averaged keys, then scaled to
+  the kept entries' mean norm); here the groups are the embeddings' and the rule their mean, so a token that
+  absorbed nothing keeps its entries. Fast-dLLM recomputes them from the merged embeddings at its next full
+  forward; LaViDa's prefix cache never does. In a Fast-dLLM window step the deciders' attention is read from the
+  window forward (the deciders are in the block, so in the window).
 """
 
 from __future__ import annotations
@@ -53,8 +59,9 @@ def scheduled_count(tokens: int, ratio: float, k: int, steps: int) -> int:
     return max(kept_count(tokens, ratio), int(tokens * ratio ** (k / steps)))
 
 
-def merge_into_kept(embeds: Tensor, kept: Tensor) -> Tensor:
-    """(len(kept), d) float32: each kept token's mean with the non-kept tokens most cosine-similar to it."""
+def merge_into_kept(embeds: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
+    """Each kept token's mean with the non-kept tokens most cosine-similar to it: the (len(kept), d) float32 means,
+    and for every token the index in ``kept`` of the token it went into (a kept one: its own)."""
     embeds = embeds.float()
     rest = torch.ones(len(embeds), dtype=torch.bool, device=embeds.device)
     rest[kept] = False
@@ -62,13 +69,15 @@ def merge_into_kept(embeds: Tensor, kept: Tensor) -> Tensor:
     target = similarity.argmax(dim=-1)
     sums = embeds[kept].index_add(0, target, embeds[rest])
     counts = 1 + torch.bincount(target, minlength=len(kept))
-    return sums / counts[:, None]
+    sources = torch.empty(len(embeds), dtype=torch.long, device=embeds.device)
+    sources[kept] = torch.arange(len(kept), device=embeds.device)
+    sources[rest] = target
+    return sums / counts[:, None], sources
 
 
 class D3ToM(Pruner):
     name = "d3tom"
     needs_attention = True
-    merges_between_steps = True
 
     def __init__(self, ratio: float = 0.25, merge_steps: int | None = None, **options) -> None:
         super().__init__(**options)
@@ -103,16 +112,19 @@ class D3ToM(Pruner):
             raise ValueError("d3tom needs PruneContext.original_sizes and embeds (the sampler passes them)")
         first, last = self.window(context.total_steps)
         k, steps = context.step - first + 1, last - first + 1
-        kept_all, values_all = [], []
+        kept_all, values_all, sources_all = [], [], []
         for (start, end), score, size in zip(context.visual_spans, scores, context.original_sizes):
             count = scheduled_count(size, self.ratio, k, steps)
             if count >= len(score):
                 kept_all.append(torch.arange(len(score), device=score.device))
                 values_all.append(None)
+                sources_all.append(None)
                 continue
             kept = torch.topk(score, count).indices.sort().values
+            values, sources = merge_into_kept(context.embeds[start:end], kept)
             kept_all.append(kept)
-            values_all.append(merge_into_kept(context.embeds[start:end], kept))
+            values_all.append(values)
+            sources_all.append(sources)
         if all(values is None for values in values_all):
             return None
-        return Reduction(kept_all, values_all)
+        return Reduction(kept_all, values_all, sources_all)

@@ -87,12 +87,51 @@ def test_fast_dllm_refuses_what_it_cannot_follow(tiny, prompt):
     both.select = lambda context: [torch.arange(0, end - start, 2) for start, end in context.visual_spans]
     with pytest.raises(ValueError, match="in_lm_persist='layers'\\) and between steps"):
         generate(tiny, prompt, replace(SETTINGS, fast_dllm="dual"), both)
-    with pytest.raises(ValueError, match="merges between steps, which Fast-dLLM's cache cannot follow"):
-        generate(tiny, prompt, replace(SETTINGS, fast_dllm="prefix"), make_pruner("d3tom"))
-    with pytest.raises(ValueError, match="runs against Fast-dLLM's cache"):
+    with pytest.raises(ValueError, match="in a Fast-dLLM window step only the window's"):
+        # RedVTP's queries are every masked position; the dual cache's window is the block alone
         generate(
             tiny, prompt, replace(SETTINGS, fast_dllm="dual"), make_pruner("redvtp", ratio=0.5, prune_after_step=2)
         )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_window_step_probes_the_windows_rows_against_the_cache(tmp_path, mode):
+    """With one layer the cache is exact, so attention read in a window step (step 2: the prefix cache's window is
+    everything from the block on, the dual cache's the block) is the uncached forward's: pruning after it keeps the
+    same tokens and answers the same. RedVTP asks every masked row (in the prefix window); D³ToM the rows step 2
+    decoded (in the block, so in either window): its one merge, after step 2, keeps the uncached run's tokens (its
+    merged cache entries are means of keys, not keys of means, so later steps may differ)."""
+    model = load_llada_v(make_tiny(tmp_path / "one", seed=1, layers=1), dtype="float32")
+    one = model.prepare("What is the total?", [page((384, 192))], "no_think")
+    three_blocks = GenerationSettings(24, 12, 8, stop_strings=())  # in block 1 the dual cache holds 16 entries after it
+    cached = replace(three_blocks, fast_dllm=mode)
+    if mode == "prefix":
+        redvtp = {"ratio": 0.25, "prune_after_step": 2, "keep_positions": True}
+        uncached = generate(model, one, three_blocks, make_pruner("redvtp", **redvtp))
+        windowed = generate(model, one, cached, make_pruner("redvtp", **redvtp))
+        assert windowed.record.pruned_after_step == 2 and windowed.record.kept_visual == uncached.record.kept_visual
+        assert windowed.token_ids == uncached.token_ids
+    after_two = {"ratio": 0.25, "prune_after_step": 2, "merge_steps": 1, "keep_positions": True}
+    uncached = generate(model, one, three_blocks, make_pruner("d3tom", **after_two))
+    windowed = generate(model, one, cached, make_pruner("d3tom", **after_two))
+    assert windowed.record.pruned_at == uncached.record.pruned_at == ["after_step2"]
+    assert windowed.record.kept_visual == uncached.record.kept_visual
+
+
+def test_d3tom_merges_in_window_steps_and_the_cache_follows(deep):
+    """D³ToM merges after steps 1–7 of 8 (two blocks): every later forward, full or window, has the merged count of
+    visual keys, and the cached entries shrink with them."""
+    model, one = deep
+    n, text = one.visual_tokens, one.embeds.shape[0] - one.visual_tokens
+    counts = [max(int(n * 0.25), int(n * 0.25 ** (k / 7))) for k in range(1, 8)]
+    for mode, window in (("prefix", [16, 8]), ("dual", [8, 8])):
+        record = generate(model, one, replace(SETTINGS, fast_dllm=mode), make_pruner("d3tom", ratio=0.25)).record
+        assert record.pruned_at == [f"after_step{k}" for k in range(1, 8)]
+        assert [forward.layers[0][2] for forward in record.forwards] == [n] + counts
+        for step, (rows, keys) in enumerate(record.step_forward):
+            visual = n if step == 0 else counts[step - 1]
+            assert keys == text + visual + 16
+            assert rows == (keys if step % 4 == 0 else window[step // 4])
 
 
 IN_LM = {"fastv": {"layer": 2}, "llada_fastv": {"layer": 2}, "pdrop": {}, "sparsevlm": {}}
@@ -179,11 +218,9 @@ def test_llada_v_gen_kwargs_reach_the_cache_and_threshold_settings():
     assert llada_v_settings({"confidence_threshold": "None"})[0].threshold is None
 
 
-EVERY_PRUNER = [
-    name for name in PRUNERS if name not in ("none", "d3tom", "oracle", "anti_oracle", "lvpruning", "rfm_dip")
-]
-"""Every registered pruner that runs on a bare tiny model: D3ToM is refused (above); the oracles need the toy tasks'
-answer region and the trained ones modules of the toy's dimensions (``tests/pruners/test_lvpruning_rfm_dip.py``)."""
+EVERY_PRUNER = [name for name in PRUNERS if name not in ("none", "oracle", "anti_oracle", "lvpruning", "rfm_dip")]
+"""Every registered pruner that runs on a bare tiny model: the oracles need the toy tasks' answer region and the
+trained ones modules of the toy's dimensions (``tests/pruners/test_lvpruning_rfm_dip.py``)."""
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -277,14 +277,20 @@ def recorded_forwards(model, monkeypatch) -> list[tuple[torch.Tensor, torch.Tens
     return forwards
 
 
-def naive_group_means(embeds: torch.Tensor, kept: list[int]) -> torch.Tensor:
-    """Each kept token's plain mean with the other tokens whose most cosine-similar kept token it is."""
-    groups = {k: [embeds[k]] for k in kept}
+def naive_groups(embeds: torch.Tensor, kept: list[int]) -> dict[int, list[int]]:
+    """Each kept token with the other tokens whose most cosine-similar kept token it is."""
+    groups = {k: [k] for k in kept}
     for j in range(len(embeds)):
         if j not in groups:
             similarity = [float(F.cosine_similarity(embeds[j], embeds[k], dim=0)) for k in kept]
-            groups[kept[similarity.index(max(similarity))]].append(embeds[j])
-    return torch.stack([torch.stack(groups[k]).mean(dim=0) for k in kept])
+            groups[kept[similarity.index(max(similarity))]].append(j)
+    return groups
+
+
+def naive_group_means(embeds: torch.Tensor, kept: list[int]) -> torch.Tensor:
+    """Each kept token's plain mean with its group."""
+    groups = naive_groups(embeds, kept)
+    return torch.stack([embeds[groups[k]].mean(dim=0) for k in kept])
 
 
 D3TOM_SETTINGS = GenerationSettings(8, 4, 8, stop_strings=())
@@ -393,15 +399,40 @@ def test_d3tom_skips_a_step_that_decoded_nothing_and_catches_up(deep):
 
 
 @pytest.mark.parametrize("family", ["lavida_llada", "lavida_dream"])
-def test_d3tom_on_lavida_merges_uncached_and_refuses_the_prefix_cache(lavida_models, family):
+def test_d3tom_on_lavida_merges_the_tokens_and_their_prefix_cache_entries(lavida_models, family, monkeypatch):
+    """Uncached, the merged tokens leave every later forward; with the prefix cache their cached keys/values (every
+    layer) are merged into the kept token's as the plain mean of its group, the groups the embeddings' own."""
     model = lavida_models[family][0]
     prompt = model.prepare("What is the total?", [page((384, 192))])
-    n = prompt.visual_tokens
+    n, length = prompt.visual_tokens, len(prompt.embeds)
+    counts = [max(int(n * 0.25), int(n * 0.25 ** (k / 3))) for k in (1, 2, 3)]
     unpruned = generate(model, prompt, D3TOM_SETTINGS)
     assert generate(model, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=1.0)).token_ids == unpruned.token_ids
     record = generate(model, prompt, D3TOM_SETTINGS, make_pruner("d3tom", ratio=0.25)).record
-    assert [forward.layers[0][2] for forward in record.forwards] == [n] + [
-        max(int(n * 0.25), int(n * 0.25 ** (k / 3))) for k in (1, 2, 3)
-    ]
-    with pytest.raises(ValueError, match="merges visual tokens between steps.*run it with prefix_lm off"):
-        generate(model, prompt, replace(D3TOM_SETTINGS, prefix_cache=True), make_pruner("d3tom", ratio=0.25))
+    assert [forward.layers[0][2] for forward in record.forwards] == [n] + counts
+
+    cached = replace(D3TOM_SETTINGS, prefix_cache=True)
+    assert generate(model, prompt, cached, make_pruner("d3tom", ratio=1.0)).token_ids == (
+        generate(model, prompt, cached).token_ids
+    )
+    entries, logits = [], model.logits
+
+    def spy(*args, cache=None, **kwargs):
+        entries.append([(k.clone(), v.clone()) for k, v in zip(cache.keys, cache.values)])
+        return logits(*args, cache=cache, **kwargs)
+
+    monkeypatch.setattr(model, "logits", spy)
+    pruner = make_pruner("d3tom", ratio=0.25)
+    capture = CaptureSelect(pruner)
+    generate(model, prompt, cached, pruner)
+    assert [layers[0][0].shape[2] for layers in entries] == [length] + [length - n + count for count in counts]
+    for (context, reduction), before, after in zip(capture.seen, entries, entries[1:]):
+        ((start, end),) = context.visual_spans
+        kept = reduction.kept[0].tolist()
+        groups = naive_groups(context.embeds[start:end], kept)
+        for (keys, values), (merged_keys, merged_values) in zip(before, after):
+            for old, new in ((keys, merged_keys), (values, merged_values)):
+                span = old[:, :, start:end]
+                expected = torch.stack([span[:, :, groups[k]].mean(dim=2) for k in kept], dim=2)
+                torch.testing.assert_close(new[:, :, start : start + len(kept)], expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(new[:, :, :start], old[:, :, :start])
