@@ -113,6 +113,32 @@ def test_a_d3tom_job_merges_after_each_step_through_the_cli(tmp_path):
     assert "d3tom-r0.25" in result.stdout and f"{n} -> " in result.stdout
 
 
+def test_a_fast_dllm_job_runs_both_sides_against_the_cache_through_the_cli(tmp_path):
+    """``+task.generation.llada_v.fast_dllm=dual`` reaches the sampler on both sides of a D³ToM job: with one block
+    of 8 and 4 steps, steps 2–4 run the block's 8 rows against the cached prompt, so each side's LM FLOPs fall
+    against the same job uncached, and D³ToM still merges as scheduled."""
+    flops = {}
+    for cache in ("none", "dual"):
+        job = tmp_path / cache
+        result = run(
+            f"hydra.run.dir={job}",
+            "pruner=d3tom",
+            "ratio=0.25",
+            "limit=1",
+            f"+task.generation.llada_v.fast_dllm={cache}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (sample,) = lines(job / "samples.jsonl")
+        n = toy_visual_tokens("redvtp_toy_docvqa", 0)
+        assert sample["failed"] is None
+        assert (
+            sample["visual_tokens_after"]
+            == [n, *(int(n * 0.25 ** (k / 3)) for k in (1, 2, 3))][min(sample["steps"], 3)]
+        )
+        flops[cache] = (sample["flops"]["language_model"], sample["baseline"]["flops"]["language_model"])
+    assert flops["dual"][0] < flops["none"][0] and flops["dual"][1] < flops["none"][1]
+
+
 def test_a_budget_job_picks_the_ratio_that_meets_it(tmp_path):
     """``pruner=fastv budget=0.6``: FastV keeps the toy's 4-layer sequence whole through layer 2 of every step, so
     a page of N visual tokens costs (2 + 2·int(N r)/N)/4 of the unpruned model's effective visual tokens whatever
