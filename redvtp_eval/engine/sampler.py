@@ -803,10 +803,13 @@ def _generate(
             step_cache = cache if cache is not None else (fast_cache if fast and not refresh else None)
             probe = None
             if pruner.needs_attention and (prune_now or pruner.record_scores) and sequence.spans:
-                if fast and not refresh:  # the window's rows, against a cache that begins with the prompt
-                    first = sequence.prompt_length + w_lo
-                    rows = torch.arange(first, sequence.prompt_length + w_hi, device=device)
-                    probe = AttentionProbe(rows, sequence.visual(), first_query=first)
+                if fast and not refresh:
+                    # A pruner acting now reads the window's rows, against a cache that begins with the prompt;
+                    # recorded scores (record_scores) stay the full forwards', as a window lacks most rows.
+                    if prune_now:
+                        first = sequence.prompt_length + w_lo
+                        rows = torch.arange(first, sequence.prompt_length + w_hi, device=device)
+                        probe = AttentionProbe(rows, sequence.visual(), first_query=first)
                 else:
                     rows = (
                         sequence.response

@@ -242,3 +242,12 @@ def test_every_pruner_composes_with_each_cache(deep, mode, name):
     assert uncached.record.visual_tokens_after < one.visual_tokens
     assert refreshed.token_ids == uncached.token_ids
     assert refreshed.record.visual_tokens_after == uncached.record.visual_tokens_after
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_recorded_scores_come_from_the_full_forwards(tiny, prompt, mode):
+    """``record_scores`` reads the block starts' forwards only: a dual window lacks the masked rows after its block,
+    which RedVTP's scores ask for."""
+    pruner = make_pruner("redvtp", ratio=0.25, record_scores=True)
+    record = generate(tiny, prompt, replace(SETTINGS, fast_dllm=mode), pruner).record
+    assert record.steps == 8 and len(record.scores) == 2  # the first steps of the two blocks
