@@ -27,11 +27,11 @@ against them; ``dual`` also keeps those after the block, and the other steps run
 cached entries are approximations (computed when the block still held masks), exact with one layer. A
 between-steps pruner's attention is recorded on the step's forward, full or window (a window's rows only, against
 the cache); its deletions leave the cache at once and positions stay the original ones, as with LaViDa's cache.
-A pruner inside the LM acts in
-step 1's forward, a full one: the cache it fills holds, per layer, the rows that layer ran (all tokens up to layer
-K, the kept ones after it, an AR KV cache's shape after a FastV prefill); ``in_lm_persist="sequence"`` then
-drops the tokens from the first K layers' entries and the sequence too, ``"layers"`` replays the drop in every
-later full forward. An in-LM stage in a cached step and shifted-logits models are refused.
+A pruner inside the LM acts in step 1's forward, a full one: the cache it fills holds, per layer, the rows that
+layer ran (all tokens up to layer K, the kept ones after it, an AR KV cache's shape after a FastV prefill);
+``in_lm_persist="sequence"`` then drops the tokens from the first K layers' entries and the sequence too,
+``"layers"`` replays the drop in every later full forward. An in-LM stage in a cached step and shifted-logits
+models are refused.
 
 Parallel decoding (beyond the paper): with ``threshold`` the per-step counts give way to Fast-dLLM's rule
 (NVlabs/Fast-dLLM ``llada/generate.py`` ``get_transfer_index``): commit the most confident masked position of
